@@ -1,0 +1,179 @@
+"""Sans-IO codec of the messages between the master and a worker.
+
+One message is one ``SOCK_SEQPACKET`` datagram, so no framing is needed: a message is a fixed
+header followed by an optional payload. File descriptors travel beside a message as
+``SCM_RIGHTS`` ancillary data; :func:`carries_fd` says which kinds must carry one. This module
+only turns messages into bytes and back; it never touches a socket.
+
+Life of a connection on the wire::
+
+    master                          worker
+      | <-------- Hello(capacity) ----- |   once, when the worker is ready
+      | --- Handoff(id, prefix) + fd -> |
+      | <-------- Taken(id) ----------- |   before the worker reads a byte
+      | <-------- Done(id) ------------ |   the worker closed the connection, or
+      | <--- Park(id, leftover) + fd -- |   the connection is idle: the master keeps it
+      | <-------- Refused(id) --------- |   (instead of Taken) the fd did not arrive
+      | <-------- Draining ------------ |   the worker takes no new work and will exit
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final
+
+from .errors import ProtocolError
+
+# kind (u8), value (u32: capacity or pid), connection id (u64); network byte order.
+_HEADER: Final = struct.Struct("!BIQ")
+HEADER_SIZE: Final = _HEADER.size
+
+#: Largest payload (prefix or leftover bytes) one message may carry. A SEQPACKET datagram must
+#: fit in the socket send buffer (about 208 KiB by default on Linux); 64 KiB leaves room.
+MAX_PAYLOAD: Final = 64 * 1024
+
+#: Receive buffer size that always holds one whole message (a larger datagram is truncated).
+MAX_MESSAGE: Final = HEADER_SIZE + MAX_PAYLOAD
+
+_MAX_U32: Final = 2**32 - 1
+_MAX_U64: Final = 2**64 - 1
+
+
+class Kind(IntEnum):
+    """Message kinds; the numbers are the wire values."""
+
+    HELLO = 1
+    HANDOFF = 2
+    TAKEN = 3
+    REFUSED = 4
+    DONE = 5
+    PARK = 6
+    DRAINING = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Worker -> master: ready, able to serve ``capacity`` connections at once."""
+
+    capacity: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """Master -> worker, with the client fd: serve this connection.
+
+    ``prefix`` holds bytes of the connection that were already read (by a worker before the
+    connection was parked) and must be parsed before anything read from the socket.
+    """
+
+    conn_id: int
+    prefix: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """Worker -> master: the fd of ``conn_id`` arrived; the master may close its copy."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Worker -> master: the handoff of ``conn_id`` arrived without its fd (``MSG_CTRUNC``)."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Worker -> master: ``conn_id`` is finished and closed; one slot is free again."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """Worker -> master, with the client fd: ``conn_id`` is idle between requests.
+
+    ``leftover`` holds bytes the worker read past the end of the last request.
+    """
+
+    conn_id: int
+    leftover: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Draining:
+    """Worker -> master: send no more work, this worker is about to exit."""
+
+
+Message = Hello | Handoff | Taken | Refused | Done | Park | Draining
+
+
+def carries_fd(message: Message) -> bool:
+    """Whether ``message`` must travel with exactly one file descriptor."""
+    return isinstance(message, Handoff | Park)
+
+
+def encode(message: Message) -> bytes:
+    """Serialise ``message`` into one datagram."""
+    value = 0
+    conn_id = 0
+    payload = b""
+    if isinstance(message, Hello):
+        kind = Kind.HELLO
+        if not 0 < message.capacity <= _MAX_U32:
+            raise ProtocolError(f"capacity out of range: {message.capacity}")
+        value = message.capacity
+        conn_id = message.pid
+    elif isinstance(message, Handoff):
+        kind, conn_id, payload = Kind.HANDOFF, message.conn_id, message.prefix
+    elif isinstance(message, Taken):
+        kind, conn_id = Kind.TAKEN, message.conn_id
+    elif isinstance(message, Refused):
+        kind, conn_id = Kind.REFUSED, message.conn_id
+    elif isinstance(message, Done):
+        kind, conn_id = Kind.DONE, message.conn_id
+    elif isinstance(message, Park):
+        kind, conn_id, payload = Kind.PARK, message.conn_id, message.leftover
+    else:
+        kind = Kind.DRAINING
+    if not 0 <= conn_id <= _MAX_U64:
+        raise ProtocolError(f"connection id out of range: {conn_id}")
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return _HEADER.pack(kind, value, conn_id) + payload
+
+
+def decode(datagram: bytes) -> Message:
+    """Parse one datagram; raise :class:`ProtocolError` if it is not a valid message."""
+    if len(datagram) < HEADER_SIZE:
+        raise ProtocolError(f"datagram of {len(datagram)} bytes is shorter than a header")
+    if len(datagram) > MAX_MESSAGE:
+        raise ProtocolError(f"datagram of {len(datagram)} bytes exceeds {MAX_MESSAGE}")
+    raw_kind, value, conn_id = _HEADER.unpack_from(datagram)
+    payload = datagram[HEADER_SIZE:]
+    try:
+        kind = Kind(raw_kind)
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {raw_kind}") from None
+    if payload and kind not in (Kind.HANDOFF, Kind.PARK):
+        raise ProtocolError(f"{kind.name} carries no payload, got {len(payload)} bytes")
+    if kind is Kind.HELLO:
+        if value == 0:
+            raise ProtocolError("HELLO with zero capacity")
+        return Hello(capacity=value, pid=conn_id)
+    if kind is Kind.HANDOFF:
+        return Handoff(conn_id, payload)
+    if kind is Kind.TAKEN:
+        return Taken(conn_id)
+    if kind is Kind.REFUSED:
+        return Refused(conn_id)
+    if kind is Kind.DONE:
+        return Done(conn_id)
+    if kind is Kind.PARK:
+        return Park(conn_id, payload)
+    return Draining()

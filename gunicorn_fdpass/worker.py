@@ -1,0 +1,175 @@
+"""The Gunicorn worker class: ``gunicorn --worker-class gunicorn_fdpass.Worker app:app``.
+
+Thin by design: it maps Gunicorn's ``cfg`` onto the HTTP handler's settings, receives
+connections from the master over its channel, serves them with
+:func:`~gunicorn_fdpass.connection.serve_connection`, and reports back (``Done``, or ``Park`` with
+the fd for an idle keep-alive connection). With ``--threads N`` it serves N connections at once
+and announces a capacity of N to the master.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import ssl
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from datetime import timedelta
+from typing import Any
+
+from gunicorn import sock as gunicorn_sock
+from gunicorn.workers import base
+
+from . import master, protocol
+from .channel import Channel
+from .config import http_config, validate
+from .connection import Closed, Idle, RequestInfo, ResponseInfo, serve_connection
+from .errors import PeerGone
+
+
+class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
+    """A pre-forked worker that gets its connections from the master, never from accept()."""
+
+    sockets: list[socket.socket]  # Gunicorn's listeners; closed in the worker at once
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Called by Gunicorn in the master at startup: validate, then hook the master in."""
+        validate(cfg)
+        master.hook_when_ready(cfg)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Runs in the master, right before Gunicorn forks this worker.
+        super().__init__(*args, **kwargs)
+        self.channel: Channel = master.open_worker_channel()
+        self.capacity = max(1, int(self.cfg.threads))
+        self._nr_lock = threading.Lock()
+        self._ssl_context: ssl.SSLContext | None = None
+
+    def init_process(self) -> None:
+        """In the child: drop what belongs to the master, then let Gunicorn start ``run``."""
+        master.take_inherited_channel(self.channel)
+        for listener in self.sockets:
+            listener.close()  # only the master accepts
+        self.sockets = []
+        self.channel.set_blocking(True)
+        super().init_process()
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.http = http_config(self.cfg, multithread=self.capacity > 1)
+        if self.cfg.is_ssl:
+            self._ssl_context = gunicorn_sock.ssl_context(self.cfg)
+        pool = ThreadPoolExecutor(self.capacity) if self.capacity > 1 else None
+        in_flight: set[Future[None]] = set()
+        selector = selectors.DefaultSelector()
+        selector.register(self.channel.fileno(), selectors.EVENT_READ)
+        selector.register(self.PIPE[0], selectors.EVENT_READ)
+        try:
+            self.channel.send(protocol.Hello(self.capacity, os.getpid()))
+            while self.alive:
+                self.notify()
+                if self.ppid != os.getppid():
+                    self.log.info("Parent changed, shutting down: %s", self)
+                    break
+                selector.select(self.timeout or 0.5)
+                self._drain_wakeup_pipe()
+                while self.alive and (received := self.channel.recv()) is not None:
+                    message = received.message
+                    if not isinstance(message, protocol.Handoff):
+                        self.log.error("unexpected message from the master: %r", message)
+                        continue
+                    if received.fd is None:
+                        self.channel.send(protocol.Refused(message.conn_id))
+                        continue
+                    self.channel.send(protocol.Taken(message.conn_id))
+                    if pool is None:
+                        self._serve(message.conn_id, received.fd, message.prefix)
+                    else:
+                        in_flight.add(pool.submit(self._serve, message.conn_id, received.fd,
+                                                  message.prefix))
+                in_flight = {f for f in in_flight if not f.done()}
+            # Handoffs still unread in the channel were never Taken: the master gives them to
+            # another worker when this channel closes.
+            self.channel.send(protocol.Draining())
+            self._finish(in_flight)
+        except PeerGone:
+            self.log.info("master is gone, worker exiting: %s", self)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            selector.close()
+            self.channel.close()
+
+    def _finish(self, in_flight: set[Future[None]]) -> None:
+        """Let requests in progress complete, while telling the arbiter we are alive."""
+        while in_flight:
+            self.notify()
+            _, pending = wait_futures(in_flight, timeout=1.0)
+            in_flight = set(pending)
+
+    def _drain_wakeup_pipe(self) -> None:
+        try:
+            while os.read(self.PIPE[0], 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- one connection ------------------------------------------------------------------
+
+    def _serve(self, conn_id: int, fd: int, prefix: bytes) -> None:
+        client = socket.socket(fileno=fd)
+        parkable = True
+        try:
+            conn: socket.socket = client
+            if self._ssl_context is not None:
+                # The TLS session lives in this process, so the connection cannot be parked.
+                conn = self._ssl_context.wrap_socket(
+                    client, server_side=True,
+                    suppress_ragged_eofs=self.cfg.suppress_ragged_eofs,
+                    do_handshake_on_connect=self.cfg.do_handshake_on_connect)
+                parkable = False
+            outcome = serve_connection(conn, prefix, self.wsgi, self.http, self, self.log)
+        except Exception:
+            self.log.exception("Error serving connection")
+            outcome = Closed()
+        try:
+            if (isinstance(outcome, Idle) and parkable
+                    and len(outcome.leftover) <= protocol.MAX_PAYLOAD):
+                self.channel.send(protocol.Park(conn_id, outcome.leftover), client.fileno())
+                client.close()
+            else:
+                client.close()
+                self.channel.send(protocol.Done(conn_id))
+        except PeerGone:
+            client.close()
+            self.alive = False
+
+    # -- RequestHooks, as seen by the HTTP handler ---------------------------------------
+
+    def request_started(self) -> bool:
+        """Count a request; True when it is this worker's last one (``max_requests``)."""
+        with self._nr_lock:
+            self.nr += 1
+            last: bool = self.nr >= self.max_requests
+        if last and self.alive:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
+            os.write(self.PIPE[1], b"1")
+        return last
+
+    def pre_request(self, req: RequestInfo) -> None:
+        self.cfg.pre_request(self, req)
+
+    def post_request(self, req: RequestInfo, environ: dict[str, Any], resp: ResponseInfo) -> None:
+        self.cfg.post_request(self, req, environ, resp)
+
+    def access(self, resp: ResponseInfo, req: RequestInfo, environ: dict[str, Any],
+               request_time: timedelta) -> None:
+        self.log.access(resp, req, environ, request_time)
+
+
+__all__ = ["Worker"]

@@ -1,0 +1,801 @@
+"""Unit tests of gunicorn_fdpass.connection: serve_connection over a real socketpair."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import pytest
+
+from gunicorn_fdpass.connection import (
+    Closed,
+    HttpConfig,
+    Idle,
+    RequestInfo,
+    ResponseInfo,
+    serve_connection,
+)
+
+pytestmark = pytest.mark.timeout(10)
+
+StartResponse = Callable[..., Callable[[bytes], None]]
+
+
+# ---------------------------------------------------------------------------- test doubles
+
+
+class FakeLog:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str]] = []
+
+    def _record(self, level: str, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.records.append((level, msg % args if args else msg))
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._record("debug", msg, *args)
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._record("info", msg, *args)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._record("warning", msg, *args)
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._record("error", msg, *args)
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._record("exception", msg, *args)
+
+    def at(self, level: str) -> list[str]:
+        return [m for lv, m in self.records if lv == level]
+
+
+@dataclass
+class FakeHooks:
+    close_after: int | None = None  # request_started() returns True from this request on
+    started: int = 0
+    pre: list[RequestInfo] = field(default_factory=list)
+    post: list[tuple[RequestInfo, dict[str, Any], ResponseInfo]] = field(default_factory=list)
+    accessed: list[tuple[ResponseInfo, RequestInfo, datetime.timedelta]] = field(
+        default_factory=list
+    )
+    post_raises: bool = False
+
+    def request_started(self) -> bool:
+        self.started += 1
+        return self.close_after is not None and self.started >= self.close_after
+
+    def pre_request(self, req: RequestInfo) -> None:
+        self.pre.append(req)
+
+    def post_request(self, req: RequestInfo, environ: dict[str, Any], resp: ResponseInfo) -> None:
+        self.post.append((req, environ, resp))
+        if self.post_raises:
+            raise RuntimeError("post_request hook failed")
+
+    def access(
+        self,
+        resp: ResponseInfo,
+        req: RequestInfo,
+        environ: dict[str, Any],
+        request_time: datetime.timedelta,
+    ) -> None:
+        self.accessed.append((resp, req, request_time))
+
+
+class CountingSocket(socket.socket):
+    """A real socket that records what goes out through sendall()/sendfile()."""
+
+    sends: list[bytes]
+    sendfiles: list[int]
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self.sends.append(bytes(data))
+        super().sendall(data, flags)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        sent = super().sendfile(file, offset, count)
+        self.sendfiles.append(sent)
+        return sent
+
+
+def make_config(**overrides: Any) -> HttpConfig:
+    values: dict[str, Any] = {
+        "server_software": "test-server/1",
+        "url_scheme": "http",
+        "script_name": "",
+        "max_header_bytes": 8192,
+        "multithread": False,
+        "keepalive": True,
+        "io_timeout": 2.0,
+    }
+    values.update(overrides)
+    return HttpConfig(**values)
+
+
+@dataclass
+class Outcome:
+    result: Closed | Idle
+    raw: bytes  # everything the client received
+    hooks: FakeHooks
+    log: FakeLog
+    sends: list[bytes]
+    sendfiles: list[int]
+
+
+def serve(
+    app: Any,
+    request: bytes = b"",
+    *,
+    prefix: bytes = b"",
+    hooks: FakeHooks | None = None,
+    client_eof: bool = False,
+    client: Callable[[socket.socket], None] | None = None,
+    **config: Any,
+) -> Outcome:
+    """Serve ``request`` (written by the client before serving starts) or run ``client``
+    against serve_connection, then close the server side like the worker does and return
+    everything the client received."""
+    hooks = hooks or FakeHooks()
+    log = FakeLog()
+    a, b = socket.socketpair()
+    server = CountingSocket(a.family, a.type, fileno=a.detach())
+    server.sends, server.sendfiles = [], []
+    received = bytearray()
+
+    def reader() -> None:
+        while True:
+            data = b.recv(65536)
+            if not data:
+                return
+            received.extend(data)
+
+    if client is None:
+        if request:
+            b.sendall(request)
+        if client_eof:
+            b.shutdown(socket.SHUT_WR)
+        thread = threading.Thread(target=reader, daemon=True)
+    else:
+
+        def run_client() -> None:
+            assert client is not None
+            client(b)
+            reader()
+
+        thread = threading.Thread(target=run_client, daemon=True)
+    thread.start()
+    try:
+        result = serve_connection(server, prefix, app, make_config(**config), hooks, log)
+    finally:
+        server.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    b.close()
+    return Outcome(result, bytes(received), hooks, log, server.sends, server.sendfiles)
+
+
+@dataclass
+class Resp:
+    status: int
+    headers: dict[str, str]
+    header_list: list[tuple[bytes, bytes]]
+    body: bytes
+    http_version: bytes
+
+
+def parse(raw: bytes, methods: Iterable[str] = ("GET",)) -> tuple[list[Resp], bytes]:
+    """Parse consecutive responses with an h11 client; return them and the unparsed rest."""
+    out: list[Resp] = []
+    rest = raw
+    for method in methods:
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method=method, target="/", headers=[("Host", "t")]))
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(rest)
+        response: h11.Response | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(b"")  # the server closed: a close-delimited body ends
+                continue
+            if isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise AssertionError(f"unexpected {event!r}")
+        assert response is not None
+        out.append(
+            Resp(
+                response.status_code,
+                {k.decode().lower(): v.decode("latin-1") for k, v in response.headers},
+                list(response.headers),
+                bytes(body),
+                response.http_version,
+            )
+        )
+        rest = conn.trailing_data[0]
+    return out, rest
+
+
+def one(raw: bytes, method: str = "GET") -> Resp:
+    responses, rest = parse(raw, [method])
+    assert rest == b""
+    return responses[0]
+
+
+# ------------------------------------------------------------------------------- apps
+
+
+def hello_app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    body = b"hello " + environ["PATH_INFO"].encode("latin-1")
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def echo_app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def streaming_app(environ: dict[str, Any], start_response: StartResponse) -> Iterator[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"one,"
+    yield b""  # must not end the chunked body
+    yield b"two"
+
+
+class TrackedIterable:
+    """A response iterable that records close() and can fail on demand."""
+
+    def __init__(self, chunks: list[bytes], fail_at: int | None = None) -> None:
+        self.chunks = chunks
+        self.fail_at = fail_at
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i, chunk in enumerate(self.chunks):
+            if i == self.fail_at:
+                raise RuntimeError("boom in iterable")
+            yield chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+GET = b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n"
+
+
+# ------------------------------------------------------------------------------- tests
+
+
+def test_simple_get_then_idle() -> None:
+    out = serve(hello_app, GET)
+    assert out.result == Idle(leftover=b"")
+    resp = one(out.raw)
+    assert resp.status == 200
+    assert resp.body == b"hello /x"
+    assert resp.headers["content-length"] == "8"
+    assert resp.headers["server"] == "test-server/1"
+    assert "date" in resp.headers
+    assert "connection" not in resp.headers
+    # head + single-item list body in a single send
+    assert len(out.sends) == 1
+    assert out.hooks.started == 1
+    assert len(out.hooks.pre) == 1 and out.hooks.pre[0].path == "/x"
+    assert len(out.hooks.post) == 1
+    (resp_info, req_info, elapsed) = out.hooks.accessed[0]
+    assert resp_info.status == "200 OK" and resp_info.status_code == 200 and resp_info.sent == 8
+    assert req_info.method == "GET" and req_info.uri == "/x" and req_info.version == (1, 1)
+    assert ("HOST", "example.com") in req_info.headers
+    assert elapsed >= datetime.timedelta(0)
+
+
+def test_prefix_is_parsed_first() -> None:
+    out = serve(hello_app, GET[10:], prefix=GET[:10])
+    assert out.result == Idle(leftover=b"")
+    assert one(out.raw).body == b"hello /x"
+
+
+def test_client_eof_after_request_closes() -> None:
+    out = serve(hello_app, GET, client_eof=True)
+    assert out.result == Closed()
+    assert one(out.raw).body == b"hello /x"
+
+
+def test_post_content_length() -> None:
+    body = b"a" * 100_000
+    req = b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + body
+    out = serve(echo_app, client=lambda s: s.sendall(req))
+    assert one(out.raw).body == body
+    assert isinstance(out.result, Idle)
+
+
+def test_chunked_post() -> None:
+    req = (
+        b"POST /e HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\n\r\n"
+    )
+    out = serve(echo_app, req)
+    assert one(out.raw).body == b"hello world"
+    assert out.result == Idle(leftover=b"")
+
+
+def test_head_keeps_content_length_sends_no_body() -> None:
+    out = serve(hello_app, b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
+    assert isinstance(out.result, Idle)
+    responses, rest = parse(out.raw, ["HEAD", "GET"])
+    assert rest == b""
+    assert responses[0].headers["content-length"] == "8"
+    assert responses[0].body == b""
+    assert responses[1].body == b"hello /x"
+    assert out.hooks.accessed[0][0].sent == 0
+
+
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
+def test_no_body_statuses(status: str) -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response(status, [("ETag", '"x"')])
+        return [b"ignored"]
+
+    out = serve(app, GET + GET)
+    assert isinstance(out.result, Idle)
+    head = out.raw.split(b"\r\n\r\n")[0].lower()
+    assert b"transfer-encoding" not in head
+    responses, rest = parse(out.raw, ["GET", "GET"])
+    assert rest == b""
+    assert [r.status for r in responses] == [int(status[:3])] * 2
+    assert responses[0].body == b""
+
+
+def test_204_drops_content_length() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response("204 No Content", [("Content-Length", "0")])
+        return []
+
+    out = serve(app, GET)
+    assert b"content-length" not in out.raw.lower()
+
+
+def test_streaming_uses_chunked_and_skips_empty_chunks() -> None:
+    out = serve(streaming_app, GET + GET)
+    responses, rest = parse(out.raw, ["GET", "GET"])
+    assert rest == b""
+    assert responses[0].headers["transfer-encoding"] == "chunked"
+    assert responses[0].body == responses[1].body == b"one,two"
+    assert out.raw.count(b"0\r\n\r\n") == 2  # only the real terminators
+    assert isinstance(out.result, Idle)
+
+
+def test_expect_100_continue_sent_on_first_read() -> None:
+    log: list[bytes] = []
+
+    def client(s: socket.socket) -> None:
+        s.sendall(
+            b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(1)
+        log.append(got)
+        s.sendall(b"hello")
+
+    out = serve(echo_app, client=client)
+    assert log[0].startswith(b"HTTP/1.1 100 ")
+    assert one(out.raw).body == b"hello"
+    assert isinstance(out.result, Idle)
+
+
+def test_expect_100_continue_not_sent_when_body_unread() -> None:
+    req = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    out = serve(hello_app, req)
+    assert b" 100 " not in out.raw
+    resp = one(out.raw)
+    assert resp.status == 200
+    assert resp.headers["connection"] == "close"
+    assert out.result == Closed()
+
+
+def test_write_callable_data_comes_first() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        write = start_response("200 OK", [("Content-Length", "9")])
+        write(b"abc")
+        write(b"")
+        write(b"def")
+        return [b"ghi"]
+
+    out = serve(app, GET)
+    assert one(out.raw).body == b"abcdefghi"
+    assert isinstance(out.result, Idle)
+
+
+def test_app_exception_before_headers_gives_500() -> None:
+    it = TrackedIterable([b"never"], fail_at=0)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> TrackedIterable:
+        start_response("200 OK", [("Content-Length", "5")])
+        return it
+
+    out = serve(app, GET + GET)
+    assert out.result == Closed()
+    resp = one(out.raw)  # exactly one response: the second request is not served
+    assert resp.status == 500
+    assert resp.headers["connection"] == "close"
+    assert it.closed
+    assert any(m.startswith("Error handling request /x") for m in out.log.at("exception"))
+    assert out.hooks.accessed[0][0].status_code == 500
+    assert out.hooks.post[0][2].status_code == 500
+
+
+def test_app_raising_immediately_gives_500() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        raise KeyError("nope")
+
+    out = serve(app, GET)
+    assert one(out.raw).status == 500
+    assert out.result == Closed()
+
+
+def test_exception_after_headers_aborts() -> None:
+    it = TrackedIterable([b"first", b"second"], fail_at=1)
+
+    class Streaming:  # not a list: each piece is sent as it comes
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(it)
+
+        def close(self) -> None:
+            it.close()
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Streaming:
+        start_response("200 OK", [])
+        return Streaming()
+
+    out = serve(app, GET + GET)
+    assert out.result == Closed()
+    assert it.closed
+    assert out.raw.count(b"HTTP/1.1") == 1  # never a second response
+    assert b"first" in out.raw
+    assert not out.raw.endswith(b"0\r\n\r\n")  # chunked body left unterminated
+    with pytest.raises(h11.RemoteProtocolError):
+        parse(out.raw)
+    assert out.log.at("exception")
+
+
+def test_exc_info_after_headers_sent_reraises_and_aborts() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"partial"
+        try:
+            raise ValueError("late")
+        except ValueError as exc:
+            start_response("500 Oops", [], (type(exc), exc, exc.__traceback__))
+        yield b"unreachable"
+
+    out = serve(app, GET)
+    assert out.result == Closed()
+    assert b"unreachable" not in out.raw and b"Oops" not in out.raw
+
+
+@pytest.mark.parametrize(
+    ("declared", "chunks"),
+    [(10, [b"short"]), (3, [b"toolong"]), (3, [b"abc", b"d"])],
+)
+def test_content_length_mismatch_closes(declared: int, chunks: list[bytes]) -> None:
+    it = TrackedIterable(chunks)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> TrackedIterable:
+        start_response("200 OK", [("Content-Length", str(declared))])
+        return it
+
+    out = serve(app, GET + GET)
+    assert out.result == Closed()
+    assert it.closed
+    assert out.raw.count(b"HTTP/1.1 200") == 1
+    body = out.raw.partition(b"\r\n\r\n")[2]
+    # never more than declared (no desynchronisation), and the whole prefix that fits
+    assert body == b"".join(chunks)[:declared]
+    assert out.log.at("error") or out.log.at("warning")
+
+
+def test_http10_close_delimited() -> None:
+    out = serve(streaming_app, b"GET / HTTP/1.0\r\n\r\n")
+    assert out.result == Closed()
+    head = out.raw.split(b"\r\n\r\n")[0].lower()
+    assert b"transfer-encoding" not in head and b"content-length" not in head
+    assert out.raw.endswith(b"\r\n\r\none,two")
+
+
+def test_http10_without_keepalive_closes() -> None:
+    out = serve(hello_app, b"GET /a HTTP/1.0\r\n\r\n" + GET)
+    assert out.result == Closed()
+    assert out.raw.count(b"HTTP/1.1 200") == 1
+    assert b"connection: close" in out.raw.lower()
+
+
+def test_http10_keepalive_idle() -> None:
+    req = b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    out = serve(hello_app, req + req + b"GET /partial HTTP/1.0\r\n")
+    assert out.result == Idle(leftover=b"GET /partial HTTP/1.0\r\n")
+    responses, rest = parse(out.raw, ["GET", "GET"])
+    assert rest == b""
+    assert [r.body for r in responses] == [b"hello /a", b"hello /a"]
+    assert all(r.headers["connection"] == "keep-alive" for r in responses)
+
+
+def test_http10_keepalive_streaming_falls_back_to_close() -> None:
+    out = serve(streaming_app, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert out.result == Closed()
+    assert b"keep-alive" not in out.raw.lower()
+
+
+def test_pipelined_requests_in_order_then_idle_with_partial() -> None:
+    partial = b"GET /third HTTP/1.1\r\nHo"
+    req = (
+        b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"POST /second HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc" + partial
+    )
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        seen.append(environ["PATH_INFO"])
+        return hello_app(environ, start_response)  # does not read the POST body
+
+    out = serve(app, req)
+    assert out.result == Idle(leftover=partial)
+    assert seen == ["/first", "/second"]
+    responses, rest = parse(out.raw, ["GET", "GET"])
+    assert rest == b""
+    assert [r.body for r in responses] == [b"hello /first", b"hello /second"]
+    assert out.hooks.started == 2
+
+
+def test_http11_connection_close_request() -> None:
+    out = serve(hello_app, b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + GET)
+    assert out.result == Closed()
+    assert one(out.raw).headers["connection"] == "close"
+
+
+def test_keepalive_disabled_closes_after_one() -> None:
+    out = serve(hello_app, GET + GET, keepalive=False)
+    assert out.result == Closed()
+    assert one(out.raw).headers["connection"] == "close"
+
+
+def test_request_started_true_closes() -> None:
+    out = serve(hello_app, GET + GET, hooks=FakeHooks(close_after=1))
+    assert out.result == Closed()
+    assert one(out.raw).headers["connection"] == "close"
+
+
+def test_large_unread_body_closes() -> None:
+    req = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n"
+    out = serve(hello_app, req + b"x" * 1000)
+    assert out.result == Closed()
+    assert one(out.raw).headers["connection"] == "close"
+
+
+def test_small_unread_body_is_drained() -> None:
+    req = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n0123456789"
+    out = serve(hello_app, req + GET)
+    assert isinstance(out.result, Idle)
+    responses, rest = parse(out.raw, ["POST", "GET"])
+    assert rest == b"" and len(responses) == 2
+
+
+def test_malformed_request_gives_400() -> None:
+    out = serve(hello_app, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+    assert out.result == Closed()
+    resp = one(out.raw)
+    assert resp.status == 400
+    assert resp.headers["connection"] == "close"
+    assert out.hooks.started == 0
+
+
+def test_oversized_head_gives_431() -> None:
+    req = b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    out = serve(hello_app, req, max_header_bytes=4096)
+    assert out.result == Closed()
+    assert one(out.raw).status == 431
+
+
+def test_stalled_head_gives_408() -> None:
+    out = serve(hello_app, b"GET / HTTP/1.1\r\nHost:", io_timeout=0.2)
+    assert out.result == Closed()
+    assert one(out.raw).status == 408
+
+
+def test_stalled_idle_connection_closes_silently() -> None:
+    out = serve(hello_app, b"", io_timeout=0.2)
+    assert out.result == Closed()
+    assert out.raw == b""
+
+
+def test_stalled_body_closes() -> None:
+    req = b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc"
+    out = serve(echo_app, req, io_timeout=0.2)
+    assert out.result == Closed()
+    assert b"HTTP/1.1 200" not in out.raw
+    assert not out.log.at("exception")  # a client problem, not an application error
+    assert len(out.hooks.post) == 1  # post_request even so
+    assert out.hooks.accessed == []  # but no response to log
+
+
+def test_client_gone_before_response_logs_app_status() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response("201 Created", [])
+        return [b"late"]
+
+    hooks = FakeHooks()
+    log = FakeLog()
+    a, b = socket.socketpair()
+    b.sendall(GET)
+    b.close()  # gone before the answer
+    try:
+        result = serve_connection(a, b"", app, make_config(), hooks, log)
+    finally:
+        a.close()
+    assert result == Closed()
+    assert not log.at("exception")
+    (resp_info, _, _) = hooks.accessed[0]
+    assert (resp_info.status_code, resp_info.sent) == (201, 0)
+
+
+def test_truncated_chunked_body_gives_400() -> None:
+    req = b"POST /e HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    out = serve(echo_app, req)
+    assert out.result == Closed()
+    assert one(out.raw).status == 400
+
+
+def test_client_gone_mid_response_does_not_raise() -> None:
+    def client(s: socket.socket) -> None:
+        s.sendall(GET)
+        s.recv(10)
+        s.close()
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        for _ in range(2000):
+            yield b"x" * 65536
+
+    hooks = FakeHooks()
+    log = FakeLog()
+    a, b = socket.socketpair()
+    t = threading.Thread(target=client, args=(b,))
+    t.start()
+    try:
+        result = serve_connection(a, b"", app, make_config(), hooks, log)
+    finally:
+        t.join()
+        a.close()
+    assert result == Closed()
+    assert not log.at("exception")
+    assert len(hooks.accessed) == 1
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_iterable_close_always_called(failing: bool) -> None:
+    it = TrackedIterable([b"a", b"b"], fail_at=1 if failing else None)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> TrackedIterable:
+        start_response("200 OK", [])
+        return it
+
+    serve(app, GET)
+    assert it.closed
+
+
+def test_post_request_hook_exception_is_logged() -> None:
+    out = serve(hello_app, GET, hooks=FakeHooks(post_raises=True))
+    assert one(out.raw).status == 200
+    assert any("post_request" in m for m in out.log.at("exception"))
+    assert len(out.hooks.accessed) == 1
+
+
+def test_file_wrapper_uses_sendfile() -> None:
+    payload = bytes(range(256)) * 1000
+    closed: list[bool] = []
+    with tempfile.TemporaryFile() as f:
+        f.write(payload)
+        f.seek(10)
+
+        def app(environ: dict[str, Any], start_response: StartResponse) -> Any:
+            start_response("200 OK", [("Content-Length", str(len(payload) - 10))])
+            wrapper = environ["wsgi.file_wrapper"](f, 4096)
+            original = wrapper.close
+
+            def close() -> None:
+                closed.append(True)
+                original()
+
+            wrapper.close = close
+            return wrapper
+
+        out = serve(app, GET)
+    assert out.sendfiles == [len(payload) - 10]
+    assert one(out.raw).body == payload[10:]
+    assert closed == [True]
+    assert out.hooks.accessed[0][0].sent == len(payload) - 10
+    assert isinstance(out.result, Idle)
+
+
+def test_file_wrapper_without_content_length_iterates() -> None:
+    payload = b"z" * 50_000
+    with tempfile.TemporaryFile() as f:
+        f.write(payload)
+        f.seek(0)
+
+        def app(environ: dict[str, Any], start_response: StartResponse) -> Any:
+            start_response("200 OK", [])
+            return environ["wsgi.file_wrapper"](f)
+
+        out = serve(app, GET)
+    assert out.sendfiles == []
+    resp = one(out.raw)
+    assert resp.body == payload and resp.headers["transfer-encoding"] == "chunked"
+
+
+def test_file_wrapper_short_file_closes() -> None:
+    with tempfile.TemporaryFile() as f:
+        f.write(b"short")
+        f.seek(0)
+
+        def app(environ: dict[str, Any], start_response: StartResponse) -> Any:
+            start_response("200 OK", [("Content-Length", "100")])
+            return environ["wsgi.file_wrapper"](f)
+
+        out = serve(app, GET + GET)
+    assert out.result == Closed()
+    assert out.raw.count(b"HTTP/1.1") == 1
+    assert out.log.at("error")
+
+
+def test_list_response_is_joined_into_few_sends() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"x"] * 1000
+
+    out = serve(app, GET)
+    assert one(out.raw).body == b"x" * 1000
+    assert len(out.sends) == 1
+
+
+def test_invalid_app_headers_give_500() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: x=1")])
+        return [b"x"]
+
+    out = serve(app, GET)
+    assert one(out.raw).status == 500
+    assert b"Set-Cookie" not in out.raw
+
+
+def test_app_connection_close_header_is_honoured() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("Connection", "close"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    out = serve(app, GET + GET)
+    assert out.result == Closed()
+    assert one(out.raw).headers["connection"] == "close"
+
+
+def test_app_date_and_server_are_kept() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("Server", "mine"), ("Date", "yesterday")])
+        return []
+
+    resp = one(serve(app, GET).raw)
+    assert resp.headers["server"] == "mine" and resp.headers["date"] == "yesterday"
+    assert sum(1 for k, _ in resp.header_list if k.lower() == b"server") == 1

@@ -1,0 +1,233 @@
+"""The dispatcher driven in-process: real sockets, a fake worker on the other channel end."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gunicorn_fdpass import protocol
+from gunicorn_fdpass.channel import Channel, Received
+from gunicorn_fdpass.dispatcher import MAX_REFUSALS, Dispatcher, DispatchSettings
+
+log = logging.getLogger("test-dispatcher")
+
+
+class Rig:
+    def __init__(self, keepalive: float = 5.0, max_queue: int = 100) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.listener.getsockname()[1]
+        self.dispatcher = Dispatcher(log, DispatchSettings(keepalive=keepalive,
+                                                           max_queue=max_queue))
+        self.dispatcher.set_listeners([self.listener])
+        self.clients: list[socket.socket] = []
+
+    def worker(self, capacity: int = 1) -> Channel:
+        """A worker end that survives the simulated fork (the child's copy)."""
+        master_end, worker_end = Channel.pair()
+        master_end.set_blocking(False)
+        self.dispatcher._pending.append((master_end, _Keep(worker_end)))  # type: ignore[arg-type]
+        self.dispatcher.after_fork_in_parent()
+        worker_end.send(protocol.Hello(capacity, 4242))
+        self.spin()
+        return worker_end
+
+    def connect(self) -> socket.socket:
+        client = socket.create_connection(("127.0.0.1", self.port))
+        self.clients.append(client)
+        return client
+
+    def spin(self, rounds: int = 5) -> None:
+        for _ in range(rounds):
+            self.dispatcher.poll(0.02)
+
+    def close(self) -> None:
+        self.dispatcher.close()
+        self.listener.close()
+        for c in self.clients:
+            c.close()
+
+
+class _Keep:
+    """Stands in for the worker end in the master's pending list: closing it is a no-op,
+    as if only the master's copy were closed and the child kept its own."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def close(self) -> None:
+        pass
+
+
+def recv_until(channel: Channel, rig: Rig, timeout: float = 2.0) -> Received:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        received = channel.recv()
+        if received is not None:
+            return received
+        rig.spin(1)
+    raise AssertionError("no message from the master")
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    yield r
+    r.close()
+
+
+def test_connection_goes_to_worker_and_master_closes_copy_after_taken(rig: Rig) -> None:
+    w = rig.worker()
+    client = rig.connect()
+    got = recv_until(w, rig)
+    assert isinstance(got.message, protocol.Handoff) and got.fd is not None
+    w.send(protocol.Taken(got.message.conn_id))
+    rig.spin()
+    assert rig.dispatcher.counts()["busy"] == 1
+    with socket.socket(fileno=got.fd) as served:
+        served.sendall(b"hello")
+        assert client.recv(5) == b"hello"
+        served.shutdown(socket.SHUT_RDWR)
+    # the master closed its copy, so the client sees end of file
+    client.settimeout(2)
+    assert client.recv(1) == b""
+    w.send(protocol.Done(got.message.conn_id))
+    rig.spin()
+    assert rig.dispatcher.counts()["busy"] == 0
+
+
+def test_no_capacity_means_queued_then_dispatched_when_free(rig: Rig) -> None:
+    w = rig.worker(capacity=1)
+    rig.connect()
+    rig.connect()
+    first = recv_until(w, rig)
+    rig.spin()
+    assert w.recv() is None  # the second waits in the master's queue
+    assert rig.dispatcher.counts()["queued"] == 1
+    assert isinstance(first.message, protocol.Handoff) and first.fd is not None
+    w.send(protocol.Taken(first.message.conn_id))
+    socket.socket(fileno=first.fd).close()
+    w.send(protocol.Done(first.message.conn_id))
+    second = recv_until(w, rig)
+    assert isinstance(second.message, protocol.Handoff)
+    assert second.message.conn_id != first.message.conn_id
+    assert second.fd is not None
+    socket.socket(fileno=second.fd).close()
+
+
+def test_least_busy_worker_gets_the_next_connection(rig: Rig) -> None:
+    a = rig.worker(capacity=2)
+    b = rig.worker(capacity=2)
+    rig.connect()
+    rig.connect()
+    got_a, got_b = recv_until(a, rig), recv_until(b, rig)
+    for got in (got_a, got_b):
+        assert got.fd is not None
+        socket.socket(fileno=got.fd).close()
+
+
+def test_untaken_connections_move_to_another_worker_when_a_worker_dies(rig: Rig) -> None:
+    a = rig.worker(capacity=1)
+    client = rig.connect()
+    got = recv_until(a, rig)
+    assert got.fd is not None
+    socket.socket(fileno=got.fd).close()  # received, but never Taken
+    b = rig.worker(capacity=1)
+    a.close()  # the worker dies
+    again = recv_until(b, rig)
+    assert isinstance(again.message, protocol.Handoff)
+    assert again.message.conn_id == got.message.conn_id  # type: ignore[union-attr]
+    assert again.fd is not None
+    with socket.socket(fileno=again.fd) as served:
+        served.sendall(b"still here")
+        assert client.recv(10) == b"still here"
+    assert rig.dispatcher.stats["requeued"] == 1
+
+
+def test_refused_handoff_is_retried_then_answered_503(rig: Rig) -> None:
+    w = rig.worker(capacity=1)
+    client = rig.connect()
+    for _ in range(MAX_REFUSALS):
+        got = recv_until(w, rig)
+        assert got.fd is not None
+        socket.socket(fileno=got.fd).close()
+        w.send(protocol.Refused(got.message.conn_id))  # type: ignore[union-attr]
+        rig.spin()
+    client.settimeout(2)
+    assert client.recv(100).startswith(b"HTTP/1.1 503 ")
+
+
+def test_parked_connection_returns_to_a_worker_when_data_arrives(rig: Rig) -> None:
+    w = rig.worker(capacity=1)
+    client = rig.connect()
+    got = recv_until(w, rig)
+    assert got.fd is not None
+    conn_id = got.message.conn_id  # type: ignore[union-attr]
+    w.send(protocol.Taken(conn_id))
+    w.send(protocol.Park(conn_id, b"GET / HT"), got.fd)
+    socket.socket(fileno=got.fd).close()
+    rig.spin()
+    assert rig.dispatcher.counts()["parked"] == 1
+    assert w.recv() is None  # idle: nothing is dispatched
+    client.sendall(b"TP/1.1\r\n\r\n")
+    again = recv_until(w, rig)
+    assert again.message == protocol.Handoff(conn_id, b"GET / HT")
+    assert again.fd is not None
+    socket.socket(fileno=again.fd).close()
+
+
+def test_parked_connection_closes_when_client_hangs_up(rig: Rig) -> None:
+    w = rig.worker(capacity=1)
+    client = rig.connect()
+    got = recv_until(w, rig)
+    assert got.fd is not None
+    w.send(protocol.Taken(got.message.conn_id))  # type: ignore[union-attr]
+    w.send(protocol.Park(got.message.conn_id), got.fd)  # type: ignore[union-attr]
+    socket.socket(fileno=got.fd).close()
+    rig.spin()
+    client.close()
+    rig.spin()
+    assert rig.dispatcher.counts()["parked"] == 0
+    assert w.recv() is None
+
+
+def test_idle_parked_connection_expires_after_keepalive() -> None:
+    rig = Rig(keepalive=0.2)
+    try:
+        w = rig.worker(capacity=1)
+        client = rig.connect()
+        got = recv_until(w, rig)
+        assert got.fd is not None
+        w.send(protocol.Taken(got.message.conn_id))  # type: ignore[union-attr]
+        w.send(protocol.Park(got.message.conn_id), got.fd)  # type: ignore[union-attr]
+        socket.socket(fileno=got.fd).close()
+        start = time.monotonic()
+        client.settimeout(3)
+        while rig.dispatcher.counts()["parked"] or time.monotonic() - start < 0.1:
+            rig.spin(1)
+            assert time.monotonic() - start < 2
+        assert client.recv(1) == b""
+        assert time.monotonic() - start >= 0.2
+    finally:
+        rig.close()
+
+
+def test_full_queue_stops_accepting() -> None:
+    rig = Rig(max_queue=2)
+    try:
+        for _ in range(5):
+            rig.connect()
+        rig.spin(10)
+        counts = rig.dispatcher.counts()
+        assert counts["queued"] == 2 and counts["accepted"] == 2
+        w = rig.worker(capacity=1)
+        got = recv_until(w, rig)
+        rig.spin(5)
+        assert rig.dispatcher.counts()["accepted"] == 3  # one slot freed, one more accepted
+        assert got.fd is not None
+        socket.socket(fileno=got.fd).close()
+    finally:
+        rig.close()
