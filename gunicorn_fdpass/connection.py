@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import select
 import socket
 import ssl
@@ -26,6 +25,7 @@ from typing import Any, Protocol, cast
 
 import h11
 
+from .head import head_complete
 from .wsgi import (
     Address,
     FileWrapper,
@@ -49,7 +49,6 @@ __all__ = [
 
 _RECV_SIZE = 64 * 1024
 # The blank line ending a request head (h11 also accepts bare LF line endings).
-_END_OF_HEAD_RE = re.compile(rb"\n\r?\n")
 # Body pieces that are all available at once (a list response) are joined into sends of
 # about this size instead of one syscall per piece.
 _SEND_BUFFER = 64 * 1024
@@ -88,6 +87,9 @@ class HttpConfig:
     multithread: bool  # wsgi.multithread
     keepalive: bool  # may a connection serve more than one request?
     io_timeout: float | None  # socket timeout for a stalled client while in a worker
+    # Requests served back to back on one connection before it goes back to the master's
+    # queue, behind connections that waited meanwhile: bounds the wait of the others.
+    burst: int = 16
 
 
 @dataclass
@@ -264,12 +266,14 @@ class _Handler:
             return self._close()
         if prefix:  # h11 takes b"" as end-of-file
             self.conn.receive_data(prefix)
-        first = True
+        served = 0
         while True:
-            got = self._next_request(blocking=first)
+            if served >= self.config.burst:
+                return Idle(leftover=self.conn.trailing_data[0])
+            got = self._next_request(blocking=served == 0)
             if not isinstance(got, h11.Request):
                 return got
-            first = False
+            served += 1
             if not self._serve_request(got):
                 return self._close()
 
@@ -317,7 +321,7 @@ class _Handler:
         """
         limit = self.config.max_header_bytes
         data = self.conn.trailing_data[0]
-        return len(data) > limit and _END_OF_HEAD_RE.search(data, 0, limit) is None
+        return len(data) > limit and not head_complete(data, limit)
 
     def _readable_now(self) -> bool:
         """True if a recv() would not block (data, EOF or an error is pending)."""

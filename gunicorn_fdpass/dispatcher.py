@@ -25,6 +25,7 @@ from typing import Any, Final
 from . import protocol
 from .channel import Channel, Received
 from .errors import PeerGone, ProtocolError
+from .head import head_complete
 from .scheduler import Scheduler
 
 #: Connections accepted from one listener per readiness event, so a flood on one listener
@@ -371,6 +372,11 @@ class Dispatcher:
     def _park(self, conn: ClientConnection) -> None:
         if self.settings.keepalive <= 0:
             conn.close()
+            return
+        if head_complete(conn.prefix):
+            # A pipelined request the worker left unserved (its burst was used up): it needs
+            # no more data, so it waits in the queue, not for the socket to become readable.
+            self._queue.append(conn)
             return
         conn.since = time.monotonic()
         self._parked[conn.conn_id] = conn
