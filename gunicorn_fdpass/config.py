@@ -49,6 +49,8 @@ def http_config(cfg: Any, *, multithread: bool) -> HttpConfig:
         script_name=os.environ.get("SCRIPT_NAME", ""),
         max_header_bytes=max_header_bytes(cfg),
         multithread=multithread,
+        # As Gunicorn's own workers: another process may run the app only with several workers.
+        multiprocess=int(cfg.workers) > 1,
         keepalive=float(cfg.keepalive) > 0 and not cfg.is_ssl,
         io_timeout=timeout if timeout > 0 else None,
     )

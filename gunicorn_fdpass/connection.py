@@ -85,6 +85,7 @@ class HttpConfig:
     script_name: str  # SCRIPT_NAME prefix, "" by default
     max_header_bytes: int  # bound on a request head (h11 max_incomplete_event_size)
     multithread: bool  # wsgi.multithread
+    multiprocess: bool  # wsgi.multiprocess
     keepalive: bool  # may a connection serve more than one request?
     io_timeout: float | None  # socket timeout for a stalled client while in a worker
     # Requests served back to back on one connection before it goes back to the master's
@@ -362,6 +363,7 @@ class _Handler:
             wsgi_input=wsgi_input,
             wsgi_errors=wsgi_errors,
             multithread=self.config.multithread,
+            multiprocess=self.config.multiprocess,
             server_software=self.config.server_software,
         )
         connection_tokens = {

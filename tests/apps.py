@@ -303,6 +303,53 @@ def fds_view(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
     return _json(start_response, {"pid": os.getpid(), "fds": fds}, extra=[_pid_header()])
 
 
+def _own_client_fd(environ: dict[str, Any]) -> int:
+    """The fd number of this request's client socket, found through /proc."""
+    remote_port = f"{int(environ['REMOTE_PORT']):04X}"
+    inodes = set()
+    with open("/proc/self/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            fields = line.split()
+            if fields[2].endswith(":" + remote_port):  # rem_address of our accepted socket
+                inodes.add(f"socket:[{fields[9]}]")
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + name) in inodes:
+                return int(name)
+        except OSError:
+            continue
+    raise RuntimeError("client socket not found")
+
+
+_FILLERS: list[int] = []
+
+
+def fd_limit_view(environ: dict[str, Any], start_response: Callable[..., Any]
+                  ) -> Iterable[bytes]:
+    """Put this worker at its fd limit once this request's socket is closed.
+
+    RLIMIT_NOFILE bounds fd *numbers*. The soft limit becomes this request's socket's number
+    and every free number below it is filled, so once the worker closes the socket no fd
+    passed to it can be installed any more (the kernel reports MSG_CTRUNC), while the fds
+    it already has keep working.
+    """
+    import resource
+
+    limit = _own_client_fd(environ)
+    while True:
+        fd = os.open("/dev/null", os.O_RDONLY)
+        if fd > limit:
+            os.close(fd)
+            break
+        _FILLERS.append(fd)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+                              ("Connection", "close")])
+    return [body]
+
+
 ROUTES: dict[str, Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]] = {
     "/": hello,
     "/environ": environ_view,
@@ -320,6 +367,7 @@ ROUTES: dict[str, Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]
     "/close-tracked": close_tracked,
     "/pid": pid_view,
     "/fds": fds_view,
+    "/fd-limit": fd_limit_view,
 }
 
 

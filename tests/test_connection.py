@@ -112,6 +112,7 @@ def make_config(**overrides: Any) -> HttpConfig:
         "script_name": "",
         "max_header_bytes": 8192,
         "multithread": False,
+        "multiprocess": True,
         "keepalive": True,
         "io_timeout": 2.0,
     }
@@ -558,6 +559,17 @@ def test_pipelined_requests_in_order_then_idle_with_partial() -> None:
     assert rest == b""
     assert [r.body for r in responses] == [b"hello /first", b"hello /second"]
     assert out.hooks.started == 2
+
+
+def test_burst_limit_hands_back_pipelined_requests() -> None:
+    """After ``burst`` requests the connection goes back to the master, bytes and all."""
+    third = b"GET /third HTTP/1.1\r\nHost: t\r\n\r\n"
+    req = b"GET /first HTTP/1.1\r\nHost: t\r\n\r\nGET /second HTTP/1.1\r\nHost: t\r\n\r\n"
+    out = serve(hello_app, req + third, burst=2)
+    assert out.result == Idle(leftover=third)
+    responses, rest = parse(out.raw, ["GET", "GET"])
+    assert rest == b""
+    assert [r.body for r in responses] == [b"hello /first", b"hello /second"]
 
 
 def test_http11_connection_close_request() -> None:

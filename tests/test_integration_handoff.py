@@ -1,0 +1,100 @@
+"""Handoffs between the master and real workers: acknowledgement, lost fds, fork safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.support.server import GunicornServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.ours_only]
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def _all_serving(srv: GunicornServer) -> list[int]:
+    """Wait until every worker has answered once (so each has announced itself)."""
+    pids = set(srv.worker_pids())
+    seen: set[int] = set()
+    deadline = time.monotonic() + 10
+    while seen != pids and time.monotonic() < deadline:
+        seen.add(int(srv.get("/pid").text))
+    assert seen == pids
+    return sorted(pids)
+
+
+def test_connection_sent_to_a_worker_that_dies_before_taking_it_is_served_by_another(
+        make_server) -> None:
+    srv: GunicornServer = make_server(workers=2)
+    stopped, other = _all_serving(srv)
+    os.kill(stopped, signal.SIGSTOP)  # it cannot take anything sent to it now
+    try:
+        n = 4
+        answers: list[tuple[int, int]] = []
+        lock = threading.Lock()
+
+        def one(_: int) -> None:
+            resp = srv.get("/sleep?s=0.05", timeout=30)
+            with lock:
+                answers.append((resp.status, int(resp.json()["pid"])))
+
+        with ThreadPoolExecutor(n) as pool:
+            futures = [pool.submit(one, i) for i in range(n)]
+            # The healthy worker serves all but the one handed to the stopped worker.
+            deadline = time.monotonic() + 10
+            while len(answers) < n - 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(answers) == n - 1, answers
+            time.sleep(0.3)  # the stopped worker's connection really is stuck...
+            assert len(answers) == n - 1, answers
+            os.kill(stopped, signal.SIGKILL)  # ...until the worker dies without taking it
+            for f in futures:
+                f.result(timeout=15)
+    finally:
+        try:
+            os.kill(stopped, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert answers == [(200, other)] * n
+    srv.wait_for_log(r"1 connection\(s\) it had not taken go to others", timeout=5)
+
+
+def test_worker_at_its_fd_limit_refuses_and_another_worker_serves(make_server) -> None:
+    srv: GunicornServer = make_server(workers=2)
+    _all_serving(srv)
+    full = int(srv.get("/fd-limit").text)
+    served_by = [int(srv.get("/pid", timeout=10).text) for _ in range(6)]
+    assert full not in served_by
+    assert len(served_by) == 6
+    srv.wait_for_log(r"could not receive a connection", timeout=5)
+
+
+def test_single_worker_at_fd_limit_gets_503_not_a_hang(make_server) -> None:
+    srv: GunicornServer = make_server(workers=1)
+    srv.get("/fd-limit")
+    resp = srv.get("/pid", timeout=10)
+    assert resp.status == 503
+    assert resp.header("Retry-After") == "1"
+
+
+def test_master_stays_single_threaded_so_forks_are_safe(make_server) -> None:
+    """No dispatcher thread: forking workers can neither deadlock nor warn (Python 3.12+)."""
+    srv: GunicornServer = make_server(workers=2, env={"PYTHONWARNINGS": "always"})
+    assert _threads(srv.pid) == 1
+    victim = srv.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    srv.wait_for_workers(2, exclude=[victim])
+    assert srv.get("/").status == 200
+    assert _threads(srv.pid) == 1
+    assert "multi-threaded" not in srv.log_text()
