@@ -11,6 +11,7 @@ from typing import Any
 
 from gunicorn import SERVER
 
+from . import settings as fdpass_settings
 from .connection import HttpConfig
 from .errors import ConfigurationError
 
@@ -28,6 +29,8 @@ def validate(cfg: Any) -> None:
             "owning the listeners and handing each connection to a free worker. Remove "
             "reuse_port (the master already spreads load evenly)."
         )
+    # Unknown FDPASS_* names (typos) and bad values stop startup here, naming the variable.
+    fdpass_settings.load()
     if int(cfg.threads) < 1:
         raise ConfigurationError(f"threads (--threads) must be at least 1, got {cfg.threads}")
 

@@ -1,12 +1,22 @@
-"""The master's dispatcher: accept, queue, hand off to a free worker, park idle connections.
+"""The master's dispatcher: accept, wait for a request head, queue, hand off, park.
 
 It runs in the Gunicorn master's main thread (see :mod:`~gunicorn_fdpass.master` for how it is
-driven), so forking a worker never races a dispatcher thread. All sockets are non-blocking;
-the only blocking call is the selector's ``select``, whose timeout the caller chooses.
+driven), so forking a worker never races a dispatcher thread. Every socket is non-blocking;
+the only blocking call is ``epoll.poll``, whose timeout the caller chooses.
 
-Ownership: a client socket belongs to exactly one place at a time -- the queue, a worker link's
-``untaken`` map (the master keeps its copy until the worker confirms with ``Taken``, so a worker
-that dies first loses nothing), a worker (after ``Taken``), or the parked set.
+Life of a client connection in the master::
+
+    accept --> watched (until its request head is complete) --> queued --> handed to a worker
+                  ^                                                            |
+                  '------------- parked (idle keep-alive, watched) <-- Park ---'
+
+Ownership: a client socket is in exactly one place at a time -- watched (new or parked,
+waiting for bytes), the queue, or a worker link's ``untaken`` map (the master keeps its copy
+until the worker confirms with ``Taken``, so a worker that dies first loses nothing). After
+``Taken`` it belongs to the worker.
+
+A connection reaches a worker only once its whole request head has arrived, so silent and
+slow clients never occupy a worker; the master times them out itself.
 """
 
 from __future__ import annotations
@@ -14,18 +24,19 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import selectors
+import select
 import socket
 import time
-from collections import deque
-from collections.abc import Iterable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Final
 
 from . import protocol
 from .channel import Channel, Received
 from .errors import PeerGone, ProtocolError
-from .head import head_complete
+from .head import END_OF_HEAD, head_complete
 from .scheduler import Scheduler
 
 #: Connections accepted from one listener per readiness event, so a flood on one listener
@@ -40,11 +51,9 @@ MAX_REFUSALS: Final = 3
 ACCEPT_BACKOFF: Final = 0.5
 
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-_SERVICE_UNAVAILABLE: Final = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n"
-    b"Retry-After: 1\r\n\r\n"
-)
+_PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_WATCH_EVENTS: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+_TLS_HANDSHAKE: Final = 0x16
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,24 +62,83 @@ class DispatchSettings:
 
     #: Seconds a parked keep-alive connection may stay idle; 0 disables parking.
     keepalive: float
+    #: Seconds for a request head to arrive completely.
+    head_timeout: float
     #: Connections waiting for a worker before the master stops accepting (back-pressure).
     max_queue: int
+    #: Connections the master holds at most (watched + queued); past it the oldest idle
+    #: parked connection is closed, or accepting pauses.
+    max_connections: int
+    #: Shed (answer 503) a request that would queue behind this many; 0: never.
+    shed_queue: int = 0
+    #: Shed a request that waited this long for a worker; 0: never.
+    shed_wait: float = 0.0
+    #: ``Retry-After`` seconds of a 503.
+    retry_after: int = 1
+    #: A head this long without its end is handed over anyway: the worker answers 431.
+    max_head: int = 64 * 1024
+    #: The listeners speak TLS: a connection is ready once its first TLS record arrived.
+    tls: bool = False
+
+
+class _Verdict(Enum):
+    READY = 1  # a whole request head (or enough bytes for the worker to refuse it)
+    WAIT = 2  # nothing yet, or a head in progress
+    GONE = 3  # the client hung up or the socket failed
 
 
 class ClientConnection:
     """The master's record of one client connection while the master holds it."""
 
-    __slots__ = ("conn_id", "prefix", "refusals", "since", "sock")
+    __slots__ = ("conn_id", "prefix", "refusals", "since", "sock", "timer")
 
     def __init__(self, conn_id: int, sock: socket.socket, prefix: bytes = b"") -> None:
         self.conn_id = conn_id
         self.sock = sock
         self.prefix = prefix
         self.refusals = 0
-        self.since = time.monotonic()
+        self.since = 0.0  # when it entered its current timer or the queue
+        self.timer: _Timeouts | None = None
 
     def close(self) -> None:
         self.sock.close()
+
+
+class _Timeouts:
+    """Connections that all share one timeout, oldest first (O(1) add, remove, expire)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._conns: OrderedDict[int, ClientConnection] = OrderedDict()
+
+    def add(self, conn: ClientConnection, now: float) -> None:
+        conn.since = now
+        conn.timer = self
+        self._conns[conn.conn_id] = conn
+
+    def remove(self, conn: ClientConnection) -> None:
+        del self._conns[conn.conn_id]
+        conn.timer = None
+
+    def oldest(self) -> ClientConnection | None:
+        return next(iter(self._conns.values()), None)
+
+    def next_deadline(self) -> float | None:
+        oldest = self.oldest()
+        return None if oldest is None else oldest.since + self.timeout
+
+    def expired(self, now: float) -> Iterator[ClientConnection]:
+        """Yield (without removing) the connections whose time is up, oldest first."""
+        for conn in list(self._conns.values()):
+            if conn.since + self.timeout > now:
+                return
+            yield conn
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def __iter__(self) -> Iterator[ClientConnection]:
+        return iter(list(self._conns.values()))
 
 
 class WorkerLink:
@@ -87,28 +155,54 @@ class WorkerLink:
         return f"<WorkerLink pid={self.pid or '?'}>"
 
 
+Handler = Callable[[Any], None]
+
+
 class Dispatcher:
-    """Owns the master's listeners' accept side, every worker channel, and client sockets."""
+    """Owns the accept side of the listeners, every worker channel, and client sockets."""
 
     def __init__(self, log: Any, settings: DispatchSettings) -> None:
         self.log = log
-        self.settings = settings
         self.owner_pid = os.getpid()
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        self._handlers: dict[int, tuple[Handler, Any]] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, (self._on_wake, None))
+        self._watch_fd(self._wake_r, select.EPOLLIN, self._on_wake, None)
         self._scheduler: Scheduler[WorkerLink] = Scheduler()
         self._links: list[WorkerLink] = []
         self._pending: list[tuple[Channel, Channel]] = []
         self._queue: deque[ClientConnection] = deque()
-        self._parked: dict[int, ClientConnection] = {}
+        self._watched: dict[int, ClientConnection] = {}  # fd -> connection waiting for bytes
+        self._new = _Timeouts(settings.head_timeout)  # accepted, head not complete yet
+        self._idle = _Timeouts(settings.keepalive)  # parked, nothing sent since
+        self._started = _Timeouts(settings.head_timeout)  # parked, next head under way
         self._listeners: list[socket.socket] = []
+        self._listener_fds: list[int] = []  # registered in epoll right now
         self._accepting = True
         self._accept_paused_until = 0.0
+        self._out_of_fds = False
+        self._shutting_down = False
         self._ids = itertools.count(1)
-        self.stats = {"accepted": 0, "dispatched": 0, "requeued": 0, "refused": 0}
+        self._peek_buf = bytearray(settings.max_head + 1)
+        self.settings = settings
+        self.stats = {"accepted": 0, "dispatched": 0, "requeued": 0, "refused": 0, "shed": 0,
+                      "timed_out": 0, "evicted": 0}
+        self._wait_total = 0.0  # seconds queued, summed over dispatched connections
+        self._wait_max = 0.0
 
     # -- what the master glue calls ------------------------------------------------------
+
+    @property
+    def settings(self) -> DispatchSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: DispatchSettings) -> None:
+        self._settings = value
+        self._new.timeout = self._started.timeout = value.head_timeout
+        self._idle.timeout = value.keepalive
+        if len(self._peek_buf) != value.max_head + 1:
+            self._peek_buf = bytearray(value.max_head + 1)
 
     @property
     def wakeup_fd(self) -> int:
@@ -154,8 +248,9 @@ class Dispatcher:
             worker_end.close()
             link = WorkerLink(master_end)
             self._links.append(link)
-            self._selector.register(master_end.fileno(), selectors.EVENT_READ,
-                                    (self._on_channel, link))
+            self._watch_fd(master_end.fileno(), select.EPOLLIN, self._on_channel, link)
+            if self._shutting_down:
+                self._tell(link, protocol.Closing())
 
     def after_fork_in_child(self) -> Channel | None:
         """In a freshly forked child: close every fd the master owns.
@@ -169,17 +264,15 @@ class Dispatcher:
             if worker_end is not keep:
                 worker_end.close()
         self._pending = []
+        # No epoll_ctl here: the epoll instance is shared with the master, so unregistering
+        # would blind the master. Closing our copies of the fds leaves its set untouched.
+        self._close_connections(unregister=False)
         for link in self._links:
             link.channel.close()
-            for conn in link.untaken.values():
-                conn.close()
         self._links = []
-        for conn in itertools.chain(self._queue, self._parked.values()):
-            conn.close()
-        self._queue.clear()
-        self._parked.clear()
         self._listeners = []
-        self._selector.close()
+        self._handlers.clear()
+        self._epoll.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.owner_pid = -1
@@ -188,39 +281,76 @@ class Dispatcher:
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for events, handle them, dispatch queued work."""
         now = time.monotonic()
-        if not self._accepting and self._accept_paused_until and now >= self._accept_paused_until:
+        if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
-            self._maybe_resume_accepting()
-        timeout = min(timeout, self._next_deadline(now) - now)
+        self._maybe_resume_accepting()
+        deadline = self._next_deadline()
+        if deadline is not None:
+            timeout = min(timeout, deadline - now)
         if self._queue and self._scheduler.free_slots():
             timeout = 0.01  # a handoff found a full channel buffer: retry shortly
-        for key, _ in self._selector.select(max(0.0, timeout)):
-            handler, obj = key.data
-            handler(obj)
-        self._expire_parked(time.monotonic())
-        self._dispatch()
+        try:
+            events = self._epoll.poll(max(0.0, timeout))
+        except InterruptedError:
+            events = []
+        handlers = self._handlers
+        for fd, _ in events:
+            entry = handlers.get(fd)
+            if entry is not None:  # else unregistered by an earlier event of this batch
+                entry[0](entry[1])
+        now = time.monotonic()
+        self._expire(now)
+        self._dispatch(now)
+
+    def begin_shutdown(self) -> None:
+        """Graceful stop: accept nothing more, close idle connections, finish the rest.
+
+        Connections already queued or in a worker are still served (see :meth:`drained`);
+        workers are told to end each connection after its current response.
+        """
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self._pause_accepting()
+        for conn in self._idle:
+            self._drop(conn)
+        for conn in self._new:
+            if not self._has_bytes(conn):
+                self._drop(conn)  # silent so far: nothing to finish
+        for link in self._links:
+            self._tell(link, protocol.Closing())
+
+    def drained(self) -> bool:
+        """True once nothing is queued, watched, or being served by a worker."""
+        return not (self._queue or self._watched
+                    or any(self._scheduler.busy(link) for link in self._links))
 
     def close(self) -> None:
         """Close everything the dispatcher owns (master shutdown)."""
-        for conn in itertools.chain(self._queue, self._parked.values()):
-            conn.close()
-        self._queue.clear()
-        self._parked.clear()
+        self._close_connections(unregister=True)
         for link in self._links:
             link.channel.close()
         self._links = []
         self._unregister_listeners()
         self._listeners = []
 
-    def counts(self) -> dict[str, int]:
-        """Live numbers: queued, parked, workers and their busy slots, totals so far."""
+    def counts(self) -> dict[str, float]:
+        """Live numbers: connections by state, busy slots, totals so far, queue wait."""
+        dispatched = self.stats["dispatched"]
         return {
             "queued": len(self._queue),
-            "parked": len(self._parked),
+            "parked": len(self._idle) + len(self._started),
+            "waiting_for_head": len(self._new),
             "workers": len(self._scheduler),
             "busy": sum(self._scheduler.busy(link) for link in self._links),
+            "queue_wait_avg_ms": 1000.0 * self._wait_total / dispatched if dispatched else 0.0,
+            "queue_wait_max_ms": 1000.0 * self._wait_max,
             **self.stats,
         }
+
+    def busy_by_worker(self) -> dict[int, int]:
+        """Busy slots per worker pid."""
+        return {link.pid: self._scheduler.busy(link) for link in self._links if link.pid}
 
     # -- events --------------------------------------------------------------------------
 
@@ -233,7 +363,7 @@ class Dispatcher:
 
     def _on_listener(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
-            if len(self._queue) >= self.settings.max_queue:
+            if not self._room_for_one_more():
                 # Back-pressure: let clients wait in the kernel backlog, not in our memory.
                 self._pause_accepting()
                 return
@@ -245,13 +375,37 @@ class Dispatcher:
                 if exc.errno == errno.ECONNABORTED:
                     continue
                 if exc.errno in _RESOURCE_ERRNOS:
-                    self.log.error("accept() failed: %s; pausing accepts for %.1fs",
-                                   exc.strerror, ACCEPT_BACKOFF)
+                    if not self._out_of_fds:
+                        self._out_of_fds = True
+                        self.log.error("accept() failed: %s; pausing accepts (retrying every "
+                                       "%.1fs until fds are free)", exc.strerror, ACCEPT_BACKOFF)
                     self._pause_accepting(ACCEPT_BACKOFF)
                     return
                 raise
+            if self._out_of_fds:
+                self._out_of_fds = False
+                self.log.warning("accept() works again")
             self.stats["accepted"] += 1
-            self._queue.append(ClientConnection(next(self._ids), sock))
+            conn = ClientConnection(next(self._ids), sock)
+            verdict = self._inspect(conn)  # the request is often there already
+            if verdict is _Verdict.READY:
+                self._enqueue(conn, time.monotonic())
+            elif verdict is _Verdict.WAIT:
+                self._watch(conn, self._new)
+            else:
+                conn.close()
+
+    def _on_client(self, conn: ClientConnection) -> None:
+        verdict = self._inspect(conn)
+        if verdict is _Verdict.GONE:
+            self._drop(conn)
+        elif verdict is _Verdict.READY:
+            self._unwatch(conn)
+            self._enqueue(conn, time.monotonic())
+        elif conn.timer is self._idle and self._has_bytes(conn):
+            # The next request has begun: from now on it has head_timeout to complete.
+            self._idle.remove(conn)
+            self._started.add(conn, time.monotonic())
 
     def _on_channel(self, link: WorkerLink) -> None:
         while True:
@@ -283,8 +437,8 @@ class Dispatcher:
                 self.log.error("a parked connection from worker %s arrived without its fd "
                                "(master out of fds?); the client is disconnected", link.pid)
                 return
-            sock = socket.socket(fileno=received.fd)
-            self._park(ClientConnection(message.conn_id, sock, message.leftover))
+            self._park(ClientConnection(message.conn_id, socket.socket(fileno=received.fd),
+                                        message.leftover))
         elif isinstance(message, protocol.Refused):
             conn = link.untaken.pop(message.conn_id, None)
             self._scheduler.release(link)
@@ -295,48 +449,119 @@ class Dispatcher:
             self._scheduler.add(link, message.capacity)
         elif isinstance(message, protocol.Draining):
             self._scheduler.drain(link)
-        else:  # a Handoff: only the master sends those
+        else:  # Handoff and Closing: only the master sends those
             if received.fd is not None:
                 os.close(received.fd)
             self.log.error("worker %s sent an unexpected %s", link.pid, type(message).__name__)
 
-    def _on_parked(self, conn: ClientConnection) -> None:
-        self._unpark(conn)
+    # -- connections ---------------------------------------------------------------------
+
+    def _inspect(self, conn: ClientConnection) -> _Verdict:
+        """Look at what the client sent so far, without consuming it."""
+        buf = self._peek_buf
         try:
-            peeked = conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            n = conn.sock.recv_into(buf, len(buf), _PEEK)
         except BlockingIOError:
-            self._park(conn)  # spurious wakeup
-            return
+            n = -1
         except OSError:
-            peeked = b""
-        if not peeked:
-            conn.close()  # the client hung up while idle
+            return _Verdict.GONE
+        if n == 0:
+            return _Verdict.GONE  # end of file: the client hung up
+        if n < 0 and not conn.prefix:
+            return _Verdict.WAIT
+        if self._settings.tls:
+            return _Verdict.READY if _tls_record_complete(buf, n) else _Verdict.WAIT
+        if conn.prefix:
+            data = conn.prefix + (bytes(buf[:n]) if n > 0 else b"")
+            done = head_complete(data) or len(data) > self._settings.max_head
+        else:
+            done = n > self._settings.max_head or END_OF_HEAD.search(buf, 0, n) is not None
+        return _Verdict.READY if done else _Verdict.WAIT
+
+    def _has_bytes(self, conn: ClientConnection) -> bool:
+        if conn.prefix:
+            return True
+        try:
+            return bool(conn.sock.recv(1, _PEEK))
+        except OSError:
+            return False
+
+    def _watch(self, conn: ClientConnection, timer: _Timeouts) -> None:
+        fd = conn.sock.fileno()
+        self._watched[fd] = conn
+        timer.add(conn, time.monotonic())
+        self._watch_fd(fd, _WATCH_EVENTS, self._on_client, conn)
+
+    def _unwatch(self, conn: ClientConnection) -> None:
+        fd = conn.sock.fileno()
+        del self._watched[fd]
+        del self._handlers[fd]
+        self._epoll.unregister(fd)
+        if conn.timer is not None:
+            conn.timer.remove(conn)
+
+    def _drop(self, conn: ClientConnection) -> None:
+        self._unwatch(conn)
+        conn.close()
+
+    def _enqueue(self, conn: ClientConnection, now: float) -> None:
+        shed_at = self._settings.shed_queue
+        if shed_at and len(self._queue) >= shed_at:
+            self._shed(conn, f"{len(self._queue)} requests already queued")
             return
+        conn.since = now
         self._queue.append(conn)
 
-    # -- helpers -------------------------------------------------------------------------
+    def _park(self, conn: ClientConnection) -> None:
+        if self._settings.keepalive <= 0 or self._shutting_down:
+            conn.close()
+        elif head_complete(conn.prefix):
+            # A pipelined request the worker left unserved (its burst was used up): it needs
+            # no more data, so it waits in the queue, not for the socket to become readable.
+            self._enqueue(conn, time.monotonic())
+        else:
+            self._watch(conn, self._started if conn.prefix else self._idle)
 
-    def _dispatch(self) -> None:
-        while self._queue:
+    def _expire(self, now: float) -> None:
+        for conn in self._idle.expired(now):
+            self._drop(conn)
+        for timer in (self._new, self._started):
+            for conn in timer.expired(now):
+                self.stats["timed_out"] += 1
+                started = self._has_bytes(conn)
+                self._unwatch(conn)
+                if started:  # tell the client why it is cut off
+                    _answer_and_close(conn, b"408 Request Timeout", ())
+                else:
+                    conn.close()
+        wait = self._settings.shed_wait
+        while wait and self._queue and self._queue[0].since + wait <= now:
+            self._shed(self._queue.popleft(), f"waited {wait:g}s for a worker")
+
+    def _dispatch(self, now: float) -> None:
+        queue = self._queue
+        while queue:
             link = self._scheduler.pick()
             if link is None:
                 break
-            conn = self._queue.popleft()
+            conn = queue.popleft()
             try:
                 sent = link.channel.send(protocol.Handoff(conn.conn_id, conn.prefix),
                                          conn.sock.fileno())
             except PeerGone:
-                self._queue.appendleft(conn)
+                queue.appendleft(conn)
                 self._worker_gone(link)
                 continue
             if not sent:
                 # The worker's receive queue is full: it will read it soon; try later.
                 self._scheduler.release(link)
-                self._queue.appendleft(conn)
+                queue.appendleft(conn)
                 break
             link.untaken[conn.conn_id] = conn
             self.stats["dispatched"] += 1
-        self._maybe_resume_accepting()
+            waited = now - conn.since
+            self._wait_total += waited
+            self._wait_max = max(self._wait_max, waited)
 
     def _refused(self, conn: ClientConnection, link: WorkerLink) -> None:
         conn.refusals += 1
@@ -347,16 +572,21 @@ class Dispatcher:
             self._queue.appendleft(conn)
             return
         self.log.error("connection refused by workers %d times; answering 503", conn.refusals)
-        try:
-            conn.sock.send(_SERVICE_UNAVAILABLE, socket.MSG_DONTWAIT)
-        except OSError:
-            pass
-        conn.close()
+        self._shed(conn, "no worker could receive it", count=False)
+
+    def _shed(self, conn: ClientConnection, why: str, count: bool = True) -> None:
+        if count:
+            self.stats["shed"] += 1
+            self.log.warning("load shedding: 503 for a request (%s)", why)
+        _answer_and_close(conn, b"503 Service Unavailable",
+                          ((b"Retry-After", str(self._settings.retry_after).encode()),))
 
     def _worker_gone(self, link: WorkerLink) -> None:
         if link.channel.closed:
             return
-        self._selector.unregister(link.channel.fileno())
+        fd = link.channel.fileno()
+        self._epoll.unregister(fd)
+        del self._handlers[fd]
         link.channel.close()
         self._scheduler.remove(link)
         self._links.remove(link)
@@ -369,40 +599,50 @@ class Dispatcher:
             self.log.info("worker %s left; %d connection(s) it had not taken go to others",
                           link.pid, len(untaken))
 
-    def _park(self, conn: ClientConnection) -> None:
-        if self.settings.keepalive <= 0:
+    def _tell(self, link: WorkerLink, message: protocol.Message) -> None:
+        try:
+            link.channel.send(message)
+        except PeerGone:
+            self._worker_gone(link)
+
+    def _close_connections(self, *, unregister: bool) -> None:
+        for fd in self._watched:
+            self._handlers.pop(fd, None)
+            if unregister:
+                self._epoll.unregister(fd)
+        for conn in itertools.chain(self._queue, self._watched.values(),
+                                    *(link.untaken.values() for link in self._links)):
             conn.close()
-            return
-        if head_complete(conn.prefix):
-            # A pipelined request the worker left unserved (its burst was used up): it needs
-            # no more data, so it waits in the queue, not for the socket to become readable.
-            self._queue.append(conn)
-            return
-        conn.since = time.monotonic()
-        self._parked[conn.conn_id] = conn
-        self._selector.register(conn.sock, selectors.EVENT_READ, (self._on_parked, conn))
+        self._queue.clear()
+        self._watched.clear()
+        for timer in (self._new, self._idle, self._started):
+            for conn in timer:
+                timer.remove(conn)
+        for link in self._links:
+            link.untaken.clear()
 
-    def _unpark(self, conn: ClientConnection) -> None:
-        self._selector.unregister(conn.sock)
-        del self._parked[conn.conn_id]
+    # -- accepting -----------------------------------------------------------------------
 
-    def _expire_parked(self, now: float) -> None:
-        limit = now - self.settings.keepalive
-        while self._parked:
-            conn = next(iter(self._parked.values()))
-            if conn.since > limit:
-                return
-            self._unpark(conn)
-            conn.close()
+    def _room_for_one_more(self) -> bool:
+        if len(self._queue) >= self._settings.max_queue:
+            return False
+        if len(self._queue) + len(self._watched) < self._settings.max_connections:
+            return True
+        oldest_idle = self._idle.oldest()
+        if oldest_idle is None:
+            return False
+        self.stats["evicted"] += 1  # worker_connections reached: the longest idle one goes
+        self._drop(oldest_idle)
+        return True
 
-    def _next_deadline(self, now: float) -> float:
-        deadline = now + 3600.0
-        if self._parked:
-            oldest = next(iter(self._parked.values()))
-            deadline = min(deadline, oldest.since + self.settings.keepalive)
+    def _next_deadline(self) -> float | None:
+        deadlines = [d for d in (self._new.next_deadline(), self._idle.next_deadline(),
+                                 self._started.next_deadline()) if d is not None]
+        if self._settings.shed_wait and self._queue:
+            deadlines.append(self._queue[0].since + self._settings.shed_wait)
         if self._accept_paused_until:
-            deadline = min(deadline, self._accept_paused_until)
-        return deadline
+            deadlines.append(self._accept_paused_until)
+        return min(deadlines, default=None)
 
     def _pause_accepting(self, seconds: float = 0.0) -> None:
         if seconds:
@@ -412,21 +652,62 @@ class Dispatcher:
             self._unregister_listeners()
 
     def _maybe_resume_accepting(self) -> None:
-        if (not self._accepting and not self._accept_paused_until
-                and len(self._queue) < self.settings.max_queue):
+        if (not self._accepting and not self._accept_paused_until and not self._shutting_down
+                and len(self._queue) < self._settings.max_queue
+                and len(self._queue) + len(self._watched) < self._settings.max_connections):
             self._accepting = True
             self._register_listeners()
 
     def _register_listeners(self) -> None:
-        if self._accepting:
+        if self._accepting and not self._listener_fds:
             for listener in self._listeners:
-                self._selector.register(listener, selectors.EVENT_READ,
-                                        (self._on_listener, listener))
+                fd = listener.fileno()
+                self._watch_fd(fd, select.EPOLLIN, self._on_listener, listener)
+                self._listener_fds.append(fd)
 
     def _unregister_listeners(self) -> None:
-        for listener in self._listeners:
+        fds, self._listener_fds = self._listener_fds, []
+        for fd in fds:
+            del self._handlers[fd]
             try:
-                self._selector.unregister(listener)
-            except (KeyError, ValueError):
-                pass  # not registered (accepting paused) or already closed by Gunicorn
+                self._epoll.unregister(fd)
+            except OSError:
+                pass  # already closed by Gunicorn: the kernel dropped it
 
+    def _watch_fd(self, fd: int, events: int, handler: Handler, obj: Any) -> None:
+        self._epoll.register(fd, events)
+        self._handlers[fd] = (handler, obj)
+
+
+def _tls_record_complete(buf: bytearray, n: int) -> bool:
+    """True once the first TLS record (the ClientHello) has fully arrived.
+
+    Anything that is not a TLS handshake record is handed over at once: the worker's TLS
+    layer refuses it with a proper alert.
+    """
+    if n <= 0:
+        return False
+    if buf[0] != _TLS_HANDSHAKE:
+        return True
+    return n >= 5 and n >= 5 + int.from_bytes(buf[3:5], "big")
+
+
+def _answer_and_close(conn: ClientConnection, status: bytes,
+                      headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """Answer from the master itself (408, 503) and close, without ever blocking."""
+    head = b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n"
+    head += b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n"
+    sock = conn.sock
+    try:
+        # Consume what the client sent: closing with unread bytes would send a reset that
+        # can destroy the answer before the client reads it.
+        while sock.recv(65536, socket.MSG_DONTWAIT):
+            pass
+    except OSError:
+        pass
+    try:
+        sock.send(head, socket.MSG_DONTWAIT)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    conn.close()

@@ -13,6 +13,7 @@ Python 3.12 warning about forking a multi-threaded process).
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -20,9 +21,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import settings as fdpass_settings
 from .channel import Channel
+from .config import max_header_bytes
 from .dispatcher import Dispatcher, DispatchSettings
 from .errors import ConfigurationError
+
+#: Seconds between two reports of the live numbers (statsd, debug log, stats file).
+REPORT_INTERVAL = 1.0
 
 _ACTIVE: Dispatcher | None = None
 _FORK_HOOKS_REGISTERED = False
@@ -35,9 +41,19 @@ def active_dispatcher() -> Dispatcher | None:
     return None
 
 
-def settings_from(cfg: Any) -> DispatchSettings:
-    """Map Gunicorn settings onto the dispatcher's."""
-    return DispatchSettings(keepalive=float(cfg.keepalive), max_queue=max(1, int(cfg.backlog)))
+def settings_from(cfg: Any, own: fdpass_settings.FdpassSettings) -> DispatchSettings:
+    """Map Gunicorn's settings and this worker's ``FDPASS_*`` ones onto the dispatcher's."""
+    return DispatchSettings(
+        keepalive=0.0 if cfg.is_ssl else float(cfg.keepalive),  # TLS is never parked
+        head_timeout=own.head_timeout,
+        max_queue=own.max_queue,
+        max_connections=max(1, int(cfg.worker_connections)),
+        shed_queue=own.shed_queue,
+        shed_wait=own.shed_wait,
+        retry_after=own.retry_after,
+        max_head=max_header_bytes(cfg),
+        tls=bool(cfg.is_ssl),
+    )
 
 
 def install(arbiter: Any) -> Dispatcher:
@@ -46,10 +62,11 @@ def install(arbiter: Any) -> Dispatcher:
     existing = active_dispatcher()
     if existing is not None:
         return existing
-    dispatcher = Dispatcher(arbiter.log, settings_from(arbiter.cfg))
+    own = fdpass_settings.load()
+    dispatcher = Dispatcher(arbiter.log, settings_from(arbiter.cfg, own))
     _ACTIVE = dispatcher
     _register_fork_hooks()
-    _MasterLoop(arbiter, dispatcher).attach()
+    _MasterLoop(arbiter, dispatcher, own).attach()
     arbiter.log.info("fdpass dispatcher running in the master (pid %s)", os.getpid())
     return dispatcher
 
@@ -106,10 +123,14 @@ def take_inherited_channel(expected: Channel) -> None:
 class _MasterLoop:
     """Binds a dispatcher to one arbiter instance."""
 
-    def __init__(self, arbiter: Any, dispatcher: Dispatcher) -> None:
+    def __init__(self, arbiter: Any, dispatcher: Dispatcher,
+                 own: fdpass_settings.FdpassSettings) -> None:
         self.arbiter = arbiter
         self.dispatcher = dispatcher
+        self.own = own
         self._cfg = arbiter.cfg
+        self._next_report = 0.0
+        self._reported: dict[str, float] = {}
 
     def attach(self) -> None:
         arbiter = self.arbiter
@@ -117,39 +138,100 @@ class _MasterLoop:
         # Instance attributes shadow the class's methods for this arbiter only.
         arbiter.wait_for_signals = self.wait_for_signals
         arbiter.wakeup = _chain(arbiter.wakeup, self.dispatcher.wake)
+        arbiter.stop = self._stopping(arbiter.stop)
         import gunicorn.arbiter as arbiter_module
 
         arbiter_module.time = _ArbiterClock(self.run_for)
         self._refresh()
 
-    def _refresh(self, *_: Any) -> None:
+    def _refresh(self) -> None:
         """Pick up listeners and settings that a reload or stop may have replaced."""
         if self.arbiter.cfg is not self._cfg:
             self._cfg = self.arbiter.cfg
-            self.dispatcher.settings = settings_from(self._cfg)
+            try:
+                self.own = fdpass_settings.load()
+            except ConfigurationError as exc:
+                # A bad value in a reloaded config must not take the master down.
+                self.arbiter.log.error("%s; keeping the previous fdpass settings", exc)
+            self.dispatcher.settings = settings_from(self._cfg, self.own)
         self.dispatcher.set_listeners(self.arbiter.LISTENERS)
+        now = time.monotonic()
+        if now >= self._next_report:
+            self._next_report = now + REPORT_INTERVAL
+            self._report()
+
+    def _report(self) -> None:
+        """Publish the live numbers: statsd (via Gunicorn's logger), debug log, stats file."""
+        counts = self.dispatcher.counts()
+        log = self.arbiter.log
+        for name in ("queued", "parked", "waiting_for_head", "busy", "workers",
+                     "queue_wait_max_ms"):
+            log.debug("fdpass.%s %s", name, counts[name],
+                      extra={"metric": f"fdpass.{name}", "value": counts[name],
+                             "mtype": "gauge"})
+        for name in ("accepted", "dispatched", "shed", "timed_out", "requeued", "evicted"):
+            delta = counts[name] - self._reported.get(name, 0)
+            if delta:
+                log.debug("fdpass.%s +%d", name, delta,
+                          extra={"metric": f"fdpass.{name}", "value": delta,
+                                 "mtype": "counter"})
+        busy = self.dispatcher.busy_by_worker()
+        for pid, n in busy.items():
+            log.debug("fdpass.worker.%s.busy %d", pid, n,
+                      extra={"metric": f"fdpass.worker.{pid}.busy", "value": n,
+                             "mtype": "gauge"})
+        self._reported = counts
+        if self.own.stats_file:
+            self._write_stats_file({**counts, "busy_by_worker": busy, "pid": os.getpid(),
+                                    "time": time.time()})
+
+    def _write_stats_file(self, numbers: dict[str, Any]) -> None:
+        path = self.own.stats_file
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(numbers, fh)
+            os.replace(tmp, path)  # readers never see a half-written file
+        except OSError as exc:
+            self.arbiter.log.warning("cannot write FDPASS_STATS_FILE %s: %s", path, exc)
+
+    def _stopping(self, stop: Callable[..., None]) -> Callable[..., None]:
+        """Wrap ``Arbiter.stop``: a graceful stop first serves what the master holds."""
+        def stop_after_draining(graceful: bool = True) -> None:
+            if graceful and active_dispatcher() is self.dispatcher:
+                self._drain(time.monotonic() + float(self.arbiter.cfg.graceful_timeout))
+            stop(graceful)
+        return stop_after_draining
+
+    def _drain(self, deadline: float) -> None:
+        """Keep dispatching until every queued and in-flight request is answered.
+
+        Gunicorn then signals the (idle) workers and closes the listeners. A SIGINT or
+        SIGQUIT meanwhile cuts the wait short, as it does Gunicorn's own graceful wait.
+        """
+        self.dispatcher.begin_shutdown()
+        self.arbiter.log.info("fdpass: no longer accepting; finishing queued and "
+                              "in-flight requests")
+        quick = (signal.SIGINT, signal.SIGQUIT)
+        while not self.dispatcher.drained() and time.monotonic() < deadline:
+            pending = _drain_queue(self.arbiter.SIG_QUEUE)
+            for sig in pending:
+                self.arbiter.SIG_QUEUE.put_nowait(sig)  # Gunicorn's own stop loop reads them
+            if any(sig in quick for sig in pending):
+                return
+            self.dispatcher.poll(min(0.1, deadline - time.monotonic()))
 
     def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
         """Replacement for ``Arbiter.wait_for_signals`` that keeps dispatching meanwhile."""
         deadline = time.monotonic() + timeout
-        sig_queue: queue.SimpleQueue[int] = self.arbiter.SIG_QUEUE
         wakeup_request: int = self.arbiter.WAKEUP_REQUEST
         while True:
             self._refresh()
-            woken = False
-            signals: list[int] = []
-            while True:
-                try:
-                    sig = sig_queue.get_nowait()
-                except queue.Empty:
-                    break
-                woken = True
-                if sig != wakeup_request:
-                    signals.append(sig)
+            queued = _drain_queue(self.arbiter.SIG_QUEUE)
             remaining = deadline - time.monotonic()
-            if woken or remaining <= 0:
-                return signals
-            self.dispatcher.poll(remaining)
+            if queued or remaining <= 0:
+                return [sig for sig in queued if sig != wakeup_request]
+            self.dispatcher.poll(min(remaining, REPORT_INTERVAL))
 
     def run_for(self, seconds: float) -> None:
         """Keep dispatching for ``seconds`` (stands in for the arbiter's ``time.sleep``)."""
@@ -163,6 +245,15 @@ class _MasterLoop:
             if remaining <= 0:
                 return
             self.dispatcher.poll(remaining)
+
+
+def _drain_queue(sig_queue: queue.SimpleQueue[int]) -> list[int]:
+    items: list[int] = []
+    while True:
+        try:
+            items.append(sig_queue.get_nowait())
+        except queue.Empty:
+            return items
 
 
 class _ArbiterClock:

@@ -15,6 +15,8 @@ Life of a connection on the wire::
       | <--- Park(id, leftover) + fd -- |   the connection is idle: the master keeps it
       | <-------- Refused(id) --------- |   (instead of Taken) the fd did not arrive
       | <-------- Draining ------------ |   the worker takes no new work and will exit
+      | --------- Closing ------------> |   the master is stopping: end connections after
+                                            the current response (``Connection: close``)
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Kind(IntEnum):
     DONE = 5
     PARK = 6
     DRAINING = 7
+    CLOSING = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,12 @@ class Draining:
     """Worker -> master: send no more work, this worker is about to exit."""
 
 
-Message = Hello | Handoff | Taken | Refused | Done | Park | Draining
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """Master -> worker: the server is stopping; do not keep connections alive any more."""
+
+
+Message = Hello | Handoff | Taken | Refused | Done | Park | Draining | Closing
 
 
 def carries_fd(message: Message) -> bool:
@@ -139,8 +147,10 @@ def encode(message: Message) -> bytes:
         kind, conn_id = Kind.DONE, message.conn_id
     elif isinstance(message, Park):
         kind, conn_id, payload = Kind.PARK, message.conn_id, message.leftover
-    else:
+    elif isinstance(message, Draining):
         kind = Kind.DRAINING
+    else:
+        kind = Kind.CLOSING
     if not 0 <= conn_id <= _MAX_U64:
         raise ProtocolError(f"connection id out of range: {conn_id}")
     if len(payload) > MAX_PAYLOAD:
@@ -176,4 +186,6 @@ def decode(datagram: bytes) -> Message:
         return Done(conn_id)
     if kind is Kind.PARK:
         return Park(conn_id, payload)
-    return Draining()
+    if kind is Kind.DRAINING:
+        return Draining()
+    return Closing()

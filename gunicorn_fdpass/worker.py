@@ -9,6 +9,7 @@ and announces a capacity of N to the master.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import selectors
 import socket
@@ -23,6 +24,7 @@ from gunicorn import sock as gunicorn_sock
 from gunicorn.workers import base
 
 from . import master, protocol
+from . import settings as fdpass_settings
 from .channel import Channel
 from .config import http_config, validate
 from .connection import Closed, Idle, RequestInfo, ResponseInfo, serve_connection
@@ -47,6 +49,7 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
         self.capacity = max(1, int(self.cfg.threads))
         self._nr_lock = threading.Lock()
         self._ssl_context: ssl.SSLContext | None = None
+        self._closing = False  # the master is stopping: no more keep-alive
 
     def init_process(self) -> None:
         """In the child: drop what belongs to the master, then let Gunicorn start ``run``."""
@@ -60,7 +63,13 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
     # -- main loop -----------------------------------------------------------------------
 
     def run(self) -> None:
-        self.http = http_config(self.cfg, multithread=self.capacity > 1)
+        own = fdpass_settings.load()  # validated by the master at startup
+        http = http_config(self.cfg, multithread=self.capacity > 1)
+        io_timeout = own.io_timeout
+        if self.cfg.timeout:
+            # Give up on a stalled client before the arbiter gives up on this worker.
+            io_timeout = min(io_timeout, max(1.0, float(self.cfg.timeout) / 2))
+        self.http = dataclasses.replace(http, burst=own.burst, io_timeout=io_timeout)
         if self.cfg.is_ssl:
             self._ssl_context = gunicorn_sock.ssl_context(self.cfg)
         pool = ThreadPoolExecutor(self.capacity) if self.capacity > 1 else None
@@ -79,6 +88,9 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
                 self._drain_wakeup_pipe()
                 while self.alive and (received := self.channel.recv()) is not None:
                     message = received.message
+                    if isinstance(message, protocol.Closing):
+                        self._closing = True
+                        continue
                     if not isinstance(message, protocol.Handoff):
                         self.log.error("unexpected message from the master: %r", message)
                         continue
@@ -159,7 +171,7 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
             self.log.info("Autorestarting worker after current request.")
             self.alive = False
             os.write(self.PIPE[1], b"1")
-        return last
+        return last or self._closing
 
     def pre_request(self, req: RequestInfo) -> None:
         self.cfg.pre_request(self, req)

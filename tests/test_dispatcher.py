@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -16,12 +18,17 @@ from gunicorn_fdpass.dispatcher import MAX_REFUSALS, Dispatcher, DispatchSetting
 log = logging.getLogger("test-dispatcher")
 
 
+GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
 class Rig:
-    def __init__(self, keepalive: float = 5.0, max_queue: int = 100) -> None:
+    def __init__(self, keepalive: float = 5.0, max_queue: int = 100, **settings: Any) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
         self.port = self.listener.getsockname()[1]
-        self.dispatcher = Dispatcher(log, DispatchSettings(keepalive=keepalive,
-                                                           max_queue=max_queue))
+        values: dict[str, Any] = {"keepalive": keepalive, "max_queue": max_queue,
+                                  "head_timeout": 5.0, "max_connections": 1000}
+        values.update(settings)
+        self.dispatcher = Dispatcher(log, DispatchSettings(**values))
         self.dispatcher.set_listeners([self.listener])
         self.clients: list[socket.socket] = []
 
@@ -35,9 +42,11 @@ class Rig:
         self.spin()
         return worker_end
 
-    def connect(self) -> socket.socket:
+    def connect(self, send: bytes = GET) -> socket.socket:
         client = socket.create_connection(("127.0.0.1", self.port))
         self.clients.append(client)
+        if send:
+            client.sendall(send)
         return client
 
     def spin(self, rounds: int = 5) -> None:
@@ -60,6 +69,12 @@ class _Keep:
 
     def close(self) -> None:
         pass
+
+
+def consume_request(fd: int) -> None:
+    """Read the request off the socket, as a worker does before parking a connection."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        assert sock.recv(65536) == GET
 
 
 def recv_until(channel: Channel, rig: Rig, timeout: float = 2.0) -> Received:
@@ -167,6 +182,7 @@ def test_parked_connection_returns_to_a_worker_when_data_arrives(rig: Rig) -> No
     assert got.fd is not None
     conn_id = got.message.conn_id  # type: ignore[union-attr]
     w.send(protocol.Taken(conn_id))
+    consume_request(got.fd)
     w.send(protocol.Park(conn_id, b"GET / HT"), got.fd)
     socket.socket(fileno=got.fd).close()
     rig.spin()
@@ -185,6 +201,7 @@ def test_parked_connection_closes_when_client_hangs_up(rig: Rig) -> None:
     got = recv_until(w, rig)
     assert got.fd is not None
     w.send(protocol.Taken(got.message.conn_id))  # type: ignore[union-attr]
+    consume_request(got.fd)
     w.send(protocol.Park(got.message.conn_id), got.fd)  # type: ignore[union-attr]
     socket.socket(fileno=got.fd).close()
     rig.spin()
@@ -202,6 +219,7 @@ def test_idle_parked_connection_expires_after_keepalive() -> None:
         got = recv_until(w, rig)
         assert got.fd is not None
         w.send(protocol.Taken(got.message.conn_id))  # type: ignore[union-attr]
+        consume_request(got.fd)
         w.send(protocol.Park(got.message.conn_id), got.fd)  # type: ignore[union-attr]
         socket.socket(fileno=got.fd).close()
         start = time.monotonic()
@@ -222,7 +240,8 @@ def test_full_queue_stops_accepting() -> None:
             rig.connect()
         rig.spin(10)
         counts = rig.dispatcher.counts()
-        assert counts["queued"] == 2 and counts["accepted"] == 2
+        assert counts["queued"] == 2
+        assert counts["accepted"] == 2
         w = rig.worker(capacity=1)
         got = recv_until(w, rig)
         rig.spin(5)
@@ -231,3 +250,129 @@ def test_full_queue_stops_accepting() -> None:
         socket.socket(fileno=got.fd).close()
     finally:
         rig.close()
+
+
+def test_connection_reaches_a_worker_only_once_its_head_is_complete(rig: Rig) -> None:
+    w = rig.worker(capacity=1)
+    client = rig.connect(send=b"")
+    rig.spin()
+    assert w.recv() is None  # silent: stays in the master
+    client.sendall(b"GET / HTTP/1.1\r\nHost:")
+    rig.spin()
+    assert w.recv() is None  # half a head: still in the master
+    assert rig.dispatcher.counts()["waiting_for_head"] == 1
+    client.sendall(b" t\r\n\r\n")
+    got = recv_until(w, rig)
+    assert isinstance(got.message, protocol.Handoff) and got.fd is not None
+    with socket.socket(fileno=got.fd) as served:
+        assert served.recv(100) == GET  # peeked, never consumed by the master
+
+
+def test_silent_connection_is_closed_and_partial_head_gets_408() -> None:
+    rig = Rig(head_timeout=0.3)
+    try:
+        w = rig.worker(capacity=1)
+        silent = rig.connect(send=b"")
+        partial = rig.connect(send=b"GET / HTTP/1.1\r\n")
+        for c in (silent, partial):
+            c.settimeout(3)
+        rig.spin()
+        assert rig.dispatcher.counts()["waiting_for_head"] == 2
+        deadline = time.monotonic() + 3
+        while rig.dispatcher.counts()["waiting_for_head"] and time.monotonic() < deadline:
+            rig.spin(1)
+        assert silent.recv(100) == b""
+        assert partial.recv(100).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert w.recv() is None  # no worker was ever involved
+        assert rig.dispatcher.stats["timed_out"] == 2
+    finally:
+        rig.close()
+
+
+def test_worker_connections_cap_evicts_the_oldest_idle_parked_connection() -> None:
+    rig = Rig(max_connections=2)
+    try:
+        w = rig.worker(capacity=1)
+        first = rig.connect()
+        got = recv_until(w, rig)
+        assert got.fd is not None
+        consume_request(got.fd)
+        w.send(protocol.Taken(got.message.conn_id))  # type: ignore[union-attr]
+        w.send(protocol.Park(got.message.conn_id), got.fd)  # type: ignore[union-attr]
+        socket.socket(fileno=got.fd).close()
+        rig.spin()
+        assert rig.dispatcher.counts()["parked"] == 1
+        rig.connect(send=b"")  # holds slot 2
+        rig.connect(send=b"")  # over the cap: the idle parked one makes room
+        rig.spin()
+        first.settimeout(2)
+        assert first.recv(1) == b""
+        assert rig.dispatcher.stats["evicted"] == 1
+        assert rig.dispatcher.counts()["waiting_for_head"] == 2
+    finally:
+        rig.close()
+
+
+def test_shedding_by_queue_length_answers_503_at_once() -> None:
+    rig = Rig(shed_queue=1, retry_after=7)
+    try:
+        queued = rig.connect()  # no worker: it queues
+        rig.spin()
+        shed = rig.connect()
+        rig.spin()
+        shed.settimeout(2)
+        answer = shed.recv(200)
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert b"Retry-After: 7\r\n" in answer
+        assert rig.dispatcher.stats["shed"] == 1
+        assert rig.dispatcher.counts()["queued"] == 1
+        queued.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            queued.recv(1)  # the first one still waits for a worker
+    finally:
+        rig.close()
+
+
+def test_shedding_by_wait_time() -> None:
+    rig = Rig(shed_wait=0.2)
+    try:
+        client = rig.connect()
+        client.settimeout(3)
+        start = time.monotonic()
+        while not rig.dispatcher.stats["shed"] and time.monotonic() - start < 3:
+            rig.spin(1)
+        assert client.recv(100).startswith(b"HTTP/1.1 503 ")
+        assert time.monotonic() - start >= 0.2
+    finally:
+        rig.close()
+
+
+def test_graceful_shutdown_serves_queued_work_and_closes_idle(rig: Rig) -> None:
+    w = rig.worker(capacity=1)
+    busy_client = rig.connect()
+    got = recv_until(w, rig)
+    assert got.fd is not None
+    w.send(protocol.Taken(got.message.conn_id))  # type: ignore[union-attr]
+    queued = rig.connect()
+    idle = rig.connect(send=b"")
+    rig.spin()
+    rig.dispatcher.begin_shutdown()
+    assert isinstance(recv_until(w, rig).message, protocol.Closing)
+    idle.settimeout(2)
+    assert idle.recv(1) == b""  # nothing to finish: closed at once
+    assert not rig.dispatcher.drained()
+    late = socket.create_connection(("127.0.0.1", rig.port))  # lands in the backlog only
+    late.sendall(GET)
+    rig.spin()
+    assert rig.dispatcher.counts()["accepted"] == 3
+    socket.socket(fileno=got.fd).close()
+    w.send(protocol.Done(got.message.conn_id))  # type: ignore[union-attr]
+    second = recv_until(w, rig)  # the queued request is still served
+    assert isinstance(second.message, protocol.Handoff) and second.fd is not None
+    w.send(protocol.Taken(second.message.conn_id))
+    socket.socket(fileno=second.fd).close()
+    w.send(protocol.Done(second.message.conn_id))
+    rig.spin()
+    assert rig.dispatcher.drained()
+    late.close()
+    del busy_client, queued

@@ -21,6 +21,7 @@ messages = st.one_of(
     st.builds(protocol.Done, ids),
     st.builds(protocol.Park, ids, payloads),
     st.just(protocol.Draining()),
+    st.just(protocol.Closing()),
 )
 
 
@@ -33,7 +34,7 @@ def test_only_handoff_and_park_carry_an_fd() -> None:
     assert protocol.carries_fd(protocol.Handoff(1))
     assert protocol.carries_fd(protocol.Park(1))
     for message in (protocol.Hello(1, 2), protocol.Taken(1), protocol.Refused(1),
-                    protocol.Done(1), protocol.Draining()):
+                    protocol.Done(1), protocol.Draining(), protocol.Closing()):
         assert not protocol.carries_fd(message)
 
 

@@ -1,0 +1,93 @@
+"""This worker's own settings, read from ``FDPASS_*`` environment variables.
+
+Gunicorn builds its command line parser before it imports a worker class, and it silently
+drops unknown names from config files, so a worker cannot add real Gunicorn settings. The
+environment is the one channel that reaches the master from the shell, from Gunicorn's command
+line (``-e FDPASS_HEAD_TIMEOUT=5``) and from a config file (``raw_env = [...]``) alike. Every
+``FDPASS_*`` variable is checked at startup: an unknown name (a typo) or a bad value stops
+Gunicorn with a message naming it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+from .errors import ConfigurationError
+
+PREFIX: Final = "FDPASS_"
+
+
+@dataclass(frozen=True, slots=True)
+class FdpassSettings:
+    """Knobs Gunicorn has no setting for. Field ``x`` is variable ``FDPASS_X``."""
+
+    #: Seconds a new connection may take to send a complete request head (and a parked one,
+    #: once its next request has started). Past it the master answers 408 if a head had
+    #: started, or just closes a silent connection. No worker is involved meanwhile.
+    head_timeout: float = 10.0
+    #: Connections with a complete request waiting for a free worker. When full, the master
+    #: stops accepting, so further clients wait in the kernel backlog (``--backlog``).
+    max_queue: int = 1000
+    #: Load shedding by queue length: a request that would queue behind this many others is
+    #: answered ``503`` at once. 0 turns it off.
+    shed_queue: int = 0
+    #: Load shedding by wait: a request that waited this many seconds for a worker is
+    #: answered ``503``. 0 turns it off.
+    shed_wait: float = 0.0
+    #: Seconds sent in ``Retry-After`` with a 503.
+    retry_after: int = 1
+    #: Requests a worker serves back to back on one keep-alive connection before handing it
+    #: back to the master's queue, so that connections waiting meanwhile are not starved.
+    burst: int = 16
+    #: Seconds a worker waits on a stalled client (a slow request body, a client that does not
+    #: read the response). Bounds how long a slow client can occupy a worker slot.
+    io_timeout: float = 10.0
+    #: If set, the master writes its live numbers (JSON) to this file once a second.
+    stats_file: str = ""
+
+
+def _positive(kind: Callable[[str], Any], *, zero_ok: bool) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0 or (value == 0 and not zero_ok):
+            raise ValueError(f"must be {'zero or more' if zero_ok else 'more than zero'}")
+        return value
+    return parse
+
+
+_PARSERS: Final[dict[str, Callable[[str], Any]]] = {
+    "head_timeout": _positive(float, zero_ok=False),
+    "max_queue": _positive(int, zero_ok=False),
+    "shed_queue": _positive(int, zero_ok=True),
+    "shed_wait": _positive(float, zero_ok=True),
+    "retry_after": _positive(int, zero_ok=True),
+    "burst": _positive(int, zero_ok=False),
+    "io_timeout": _positive(float, zero_ok=False),
+    "stats_file": str,
+}
+
+
+def load(environ: Mapping[str, str] | None = None) -> FdpassSettings:
+    """Read and check every ``FDPASS_*`` variable; raise :class:`ConfigurationError`."""
+    env = os.environ if environ is None else environ
+    known = {f"{PREFIX}{f.name.upper()}": f.name for f in fields(FdpassSettings)}
+    values: dict[str, Any] = {}
+    for name, text in env.items():
+        if not name.startswith(PREFIX):
+            continue
+        field = known.get(name)
+        if field is None:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigurationError(
+                f"unknown setting {name}{hint}; gunicorn_fdpass knows: {', '.join(sorted(known))}"
+            )
+        try:
+            values[field] = _PARSERS[field](text.strip())
+        except ValueError as exc:
+            raise ConfigurationError(f"bad value for {name}: {text!r} ({exc})") from None
+    return FdpassSettings(**values)
