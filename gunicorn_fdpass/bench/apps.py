@@ -1,0 +1,46 @@
+"""The bench's own WSGI app, used by the scenarios that need a slow route or worker ids.
+
+Routes:
+
+- ``/``: a 14-byte plain-text answer;
+- ``/slow?ms=N``: the same answer after sleeping N milliseconds (at most 60 000), standing in
+  for a request that waits on a database or another service.
+
+Every response carries ``X-Worker-Pid`` (the serving process), which the fairness scenario
+counts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+BODY = b"Hello, World!\n"
+MAX_SLEEP_MS = 60_000
+
+
+def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """WSGI entry point: ``gunicorn_fdpass.bench.apps:app``."""
+    path = environ.get("PATH_INFO", "/")
+    if path == "/slow":
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        try:
+            ms = int(query.get("ms", ["100"])[0])
+        except ValueError:
+            return _answer(start_response, "400 Bad Request", b"ms must be an integer\n")
+        time.sleep(min(max(ms, 0), MAX_SLEEP_MS) / 1000.0)
+    elif path != "/":
+        return _answer(start_response, "404 Not Found", b"not found\n")
+    return _answer(start_response, "200 OK", BODY)
+
+
+def _answer(start_response: Callable[..., Any], status: str, body: bytes) -> list[bytes]:
+    start_response(status, [
+        ("Content-Type", "text/plain"),
+        ("Content-Length", str(len(body))),
+        ("X-Worker-Pid", str(os.getpid())),
+    ])
+    return [body]

@@ -1,0 +1,103 @@
+"""PNG plots of a report, drawn with matplotlib when it is installed (the ``plots`` extra).
+
+- ``comparison.png``: one small bar chart per table row, one bar per worker class, each
+  labelled with its ratio against the baseline;
+- ``hol_latency.png``: the fast requests' latency percentiles in the head-of-line scenario;
+- ``fairness.png``: each worker's share of the requests in the fairness scenario.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
+    """Draw the plots of ``doc`` into ``directory``; None if matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    labels = [w["label"] for w in doc["workers"]]
+    written: list[Path] = []
+
+    rows = [t for t in doc["table"] if any(v is not None for v in t["values"].values())]
+    if rows:
+        cols = min(3, len(rows))
+        nrows = math.ceil(len(rows) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for n, row in enumerate(rows):
+            ax = axes[n // cols][n % cols]
+            values = [row["values"].get(label) or 0.0 for label in labels]
+            bars = ax.bar(range(len(labels)), values,
+                          color=[colors[i % len(colors)] for i in range(len(labels))])
+            for bar, label in zip(bars, labels, strict=True):
+                r = row["ratios"].get(label)
+                ax.annotate("-" if r is None else f"{r:.2f}x",
+                            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=8)
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels(labels, fontsize=8)
+            unit = f" ({row['unit']})" if row["unit"] else ""
+            ax.set_title(f"{row['scenario']}: {row['metric']}{unit}\n{row['better']} is better",
+                         fontsize=9)
+            ax.margins(y=0.15)
+        for n in range(len(rows), nrows * cols):
+            axes[n // cols][n % cols].set_visible(False)
+        fig.suptitle(f"{doc['app']}, {doc['settings']['workers']} workers, "
+                     f"{doc['machine']['cpus']} CPUs (indicative; labels: ratio against "
+                     f"{doc['baseline']})", fontsize=10)
+        fig.tight_layout()
+        path = directory / "comparison.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    hol = [r for r in doc["results"] if r["scenario"] == "hol" and not r["error"]]
+    if hol:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for r in hol:
+            samples = sorted(r["metrics"].get("fast_latencies_ms") or [])
+            if not samples:
+                continue
+            pcts = [100.0 * (n + 1) / len(samples) for n in range(len(samples))]
+            ax.plot(pcts, samples, label=r["worker"])
+        ax.set_xlabel("percentile of fast requests")
+        ax.set_ylabel("latency from intended send time (ms)")
+        ax.set_yscale("log")
+        ax.set_title("head-of-line: fast requests among slow ones")
+        ax.legend()
+        fig.tight_layout()
+        path = directory / "hol_latency.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    fair = [r for r in doc["results"] if r["scenario"] == "fairness" and not r["error"]]
+    if fair:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for n, r in enumerate(fair):
+            counts = list((r["metrics"].get("per_worker") or {}).values())
+            total = sum(counts) or 1
+            bottom = 0.0
+            for count in counts:
+                share = 100.0 * count / total
+                ax.bar(n, share, bottom=bottom, edgecolor="white")
+                bottom += share
+        ax.set_xticks(range(len(fair)))
+        ax.set_xticklabels([f"{r['worker']}\nJain {r['metrics'].get('jain') or 0:.3f}"
+                            for r in fair])
+        ax.set_ylabel("share of requests per worker (%)")
+        ax.set_title("fairness: one block per worker process")
+        fig.tight_layout()
+        path = directory / "fairness.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,175 @@
+"""Statistics and the comparison table: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Better = Literal["higher", "lower"]
+
+
+def percentile(samples: Sequence[float], pct: float) -> float:
+    """The ``pct``-th percentile of ``samples`` by the nearest-rank method.
+
+    The result is always one of the samples (no interpolation), the smallest value such that at
+    least ``pct`` percent of the samples are less than or equal to it. ``pct`` is in [0, 100];
+    an empty ``samples`` gives NaN.
+    """
+    if not 0.0 <= pct <= 100.0:
+        raise ValueError(f"percentile must be within [0, 100], got {pct}")
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    rank = math.ceil(pct / 100.0 * len(ordered))
+    return ordered[max(rank, 1) - 1]
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Latency figures of a set of samples, in milliseconds."""
+
+    count: int
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON-friendly form; NaN (no samples) becomes None."""
+        return {
+            "count": self.count,
+            "mean": _finite(self.mean),
+            "p50": _finite(self.p50),
+            "p90": _finite(self.p90),
+            "p99": _finite(self.p99),
+            "max": _finite(self.max),
+        }
+
+
+def summarize(samples_s: Sequence[float]) -> LatencySummary:
+    """Summarise latencies given in seconds as milliseconds."""
+    ms = sorted(s * 1000.0 for s in samples_s)
+    if not ms:
+        return LatencySummary(0, math.nan, math.nan, math.nan, math.nan, math.nan)
+    return LatencySummary(
+        count=len(ms),
+        mean=math.fsum(ms) / len(ms),
+        p50=percentile(ms, 50),
+        p90=percentile(ms, 90),
+        p99=percentile(ms, 99),
+        max=ms[-1],
+    )
+
+
+def jain_index(allocations: Iterable[float]) -> float:
+    """Jain's fairness index ``(sum x)^2 / (n * sum x^2)`` of non-negative allocations.
+
+    1.0 means a perfectly even share; ``1/n`` means one party got everything. All zeros (nobody
+    got anything) counts as even, 1.0; an empty input gives NaN.
+    """
+    values = [float(x) for x in allocations]
+    if not values:
+        return math.nan
+    if any(x < 0 for x in values):
+        raise ValueError("allocations must be non-negative")
+    squares = math.fsum(x * x for x in values)
+    if squares == 0.0:
+        return 1.0
+    total = math.fsum(values)
+    return total * total / (len(values) * squares)
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    """``value / baseline``; None when either is missing, NaN or the baseline is zero."""
+    if value is None or baseline is None or math.isnan(value) or math.isnan(baseline):
+        return None
+    if baseline == 0.0:
+        return None
+    return value / baseline
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the comparison table: one metric of one scenario for every worker."""
+
+    scenario: str
+    metric: str
+    unit: str
+    better: Better
+    values: Mapping[str, float | None]
+
+    def ratios(self, baseline: str) -> dict[str, float | None]:
+        """Each worker's value divided by the baseline worker's value."""
+        base = self.values.get(baseline)
+        return {label: ratio(v, base) for label, v in self.values.items()}
+
+
+def format_value(value: float | None, unit: str = "") -> str:
+    """A number in a width suited to its size: ``12345``, ``123.4``, ``1.23``, ``0.0012``."""
+    if value is None or math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    magnitude = abs(value)
+    if unit == "%" or magnitude >= 1000 or (magnitude >= 100 and value == int(value)):
+        text = f"{value:.0f}"
+    elif magnitude >= 100:
+        text = f"{value:.1f}"
+    elif magnitude >= 1 or magnitude == 0:
+        text = f"{value:.2f}"
+    else:
+        text = f"{value:.3g}"
+    return text + ("%" if unit == "%" else "")
+
+
+def format_ratio(value: float | None) -> str:
+    """``1.23x``, or ``-`` when there is no ratio."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}x"
+
+
+def format_table(rows: Sequence[Row], labels: Sequence[str], baseline: str) -> str:
+    """Render rows as a fixed-width text table; each cell is ``value (ratio vs baseline)``."""
+    header = ["scenario", "metric", "better", *labels]
+    lines: list[list[str]] = [header]
+    for row in rows:
+        ratios = row.ratios(baseline)
+        cells = [row.scenario, f"{row.metric} ({row.unit})" if row.unit else row.metric,
+                 row.better]
+        for label in labels:
+            value = format_value(row.values.get(label), row.unit)
+            cells.append(f"{value} ({format_ratio(ratios.get(label))})")
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        text = "  ".join(
+            cell.ljust(widths[i]) if i < 3 else cell.rjust(widths[i])
+            for i, cell in enumerate(line)
+        )
+        out.append(text.rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    out.append(f"(value (ratio against {baseline}); 'better' says which direction is better)")
+    return "\n".join(out)
+
+
+def format_markdown_table(rows: Sequence[Row], labels: Sequence[str], baseline: str) -> str:
+    """The same table as Markdown, for the docs."""
+    out = ["| scenario | metric | better | " + " | ".join(labels) + " |",
+           "|---|---|---|" + "---:|" * len(labels)]
+    for row in rows:
+        ratios = row.ratios(baseline)
+        metric = f"{row.metric} ({row.unit})" if row.unit else row.metric
+        cells = [f"{format_value(row.values.get(label), row.unit)} "
+                 f"({format_ratio(ratios.get(label))})" for label in labels]
+        out.append(f"| {row.scenario} | {metric} | {row.better} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
