@@ -12,8 +12,9 @@ from typing import Any
 from gunicorn import SERVER
 
 from . import settings as fdpass_settings
-from .connection import HttpConfig
+from .connection import DEFAULT_MAX_CHUNKED_BODY, HttpConfig
 from .errors import ConfigurationError
+from .request_rules import DEFAULT_SECURE_SCHEME_HEADERS, AddressAllowList, RequestRules
 
 #: Used for a Gunicorn request limit set to 0 ("unlimited"): a head must still end somewhere.
 _UNLIMITED_LINE = 64 * 1024
@@ -43,9 +44,53 @@ def max_header_bytes(cfg: Any) -> int:
     return line + 2 + fields * (field_size + 2) + 2
 
 
+def _setting(cfg: Any, name: str, default: Any) -> Any:
+    value = getattr(cfg, name, default)
+    return default if value is None else value
+
+
+def request_rules(cfg: Any) -> RequestRules:
+    """Gunicorn's request limits, compatibility flags and proxy trust, as the parser uses them."""
+    secure = _setting(cfg, "secure_scheme_headers", DEFAULT_SECURE_SCHEME_HEADERS)
+    return RequestRules(
+        limit_request_line=int(cfg.limit_request_line),
+        limit_request_fields=int(cfg.limit_request_fields),
+        limit_request_field_size=int(cfg.limit_request_field_size),
+        permit_unconventional_http_method=bool(
+            _setting(cfg, "permit_unconventional_http_method", False)
+        ),
+        permit_unconventional_http_version=bool(
+            _setting(cfg, "permit_unconventional_http_version", False)
+        ),
+        casefold_http_method=bool(_setting(cfg, "casefold_http_method", False)),
+        permit_obsolete_folding=bool(_setting(cfg, "permit_obsolete_folding", False)),
+        strip_header_spaces=bool(_setting(cfg, "strip_header_spaces", False)),
+        header_map=str(_setting(cfg, "header_map", "drop")),
+        # Gunicorn compares header names upper-cased: so do we.
+        secure_scheme_headers={str(k).upper(): str(v) for k, v in dict(secure).items()},
+        forwarder_headers=frozenset(
+            str(h).upper() for h in _setting(cfg, "forwarder_headers", ["SCRIPT_NAME", "PATH_INFO"])
+        ),
+        forwarded_allow=AddressAllowList(
+            _setting(cfg, "forwarded_allow_ips", ["127.0.0.1", "::1"])
+        ),
+    )
+
+
 def http_config(cfg: Any, *, multithread: bool) -> HttpConfig:
-    """The HTTP handler's settings for a worker running under ``cfg``."""
+    """The HTTP handler's settings for a worker running under ``cfg``.
+
+    ``max_chunked_body`` (how much of a chunked request body is buffered so the application
+    gets a CONTENT_LENGTH) is not a Gunicorn setting: 64 MiB unless the worker's own settings
+    (:mod:`~gunicorn_fdpass.settings`) define ``max_chunked_body`` (0 streams chunked bodies
+    unbuffered, as Gunicorn does).
+    """
     timeout = float(cfg.timeout)
+    proxy_mode = str(_setting(cfg, "proxy_protocol", "off"))
+    if proxy_mode in ("True", "true"):  # older boolean spelling
+        proxy_mode = "auto"
+    elif proxy_mode in ("False", "false", "None"):
+        proxy_mode = "off"
     return HttpConfig(
         server_software=SERVER,
         url_scheme="https" if cfg.is_ssl else "http",
@@ -56,4 +101,10 @@ def http_config(cfg: Any, *, multithread: bool) -> HttpConfig:
         multiprocess=int(cfg.workers) > 1,
         keepalive=float(cfg.keepalive) > 0 and not cfg.is_ssl,
         io_timeout=timeout if timeout > 0 else None,
+        rules=request_rules(cfg),
+        proxy_protocol=proxy_mode,
+        proxy_allow=AddressAllowList(_setting(cfg, "proxy_allow_ips", ["127.0.0.1", "::1"])),
+        max_chunked_body=int(
+            getattr(fdpass_settings.load(), "max_chunked_body", DEFAULT_MAX_CHUNKED_BODY)
+        ),
     )

@@ -1,12 +1,19 @@
-"""HTTP/1.1 on one client socket, parsed and framed by h11, calling a WSGI application.
+"""HTTP/1.1 on one client socket: request heads and bodies framed by this package's own strict
+parser (:mod:`~gunicorn_fdpass.request_rules`, :mod:`~gunicorn_fdpass.body_framing`), calling a
+WSGI application and framing its response.
 
 :func:`serve_connection` is the only entry point. It owns the conversation but not the file
 descriptor: it ends either with :class:`Closed` (after ``shutdown(SHUT_WR)``; the caller closes
 the fd) or with :class:`Idle` (the connection is reusable and nothing complete is waiting; the
 caller parks the socket together with the bytes already read).
 
-Client misbehaviour and socket errors never escape as exceptions: they are logged at debug
-level and end the connection.
+Why not h11 for requests: one parser must decide both *whether* a request is acceptable and
+*where* it ends. Validating with one parser and framing with another is exactly the kind of
+disagreement request smuggling feeds on, and h11 both accepts requests Gunicorn refuses and
+refuses some Gunicorn serves (``Transfer-Encoding: gzip, chunked``, PROXY headers).
+
+Client misbehaviour and socket errors never escape as exceptions: they are logged and end the
+connection.
 """
 
 from __future__ import annotations
@@ -16,16 +23,25 @@ import os
 import select
 import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Protocol, cast
+from typing import IO, Any, Protocol, cast
 
-import h11
-
-from .head import head_complete
+from . import proxy_protocol
+from .body_framing import BodyDecoder, LengthDecoder, decoder_for
+from .proxy_protocol import ProxyInfo
+from .request_rules import (
+    AddressAllowList,
+    ParsedRequest,
+    Rejected,
+    RequestRules,
+    find_head_end,
+    parse_head,
+)
 from .wsgi import (
     Address,
     FileWrapper,
@@ -33,7 +49,6 @@ from .wsgi import (
     ResponseStarter,
     WSGIApp,
     build_environ,
-    split_target,
 )
 
 __all__ = [
@@ -48,7 +63,6 @@ __all__ = [
 ]
 
 _RECV_SIZE = 64 * 1024
-# The blank line ending a request head (h11 also accepts bare LF line endings).
 # Body pieces that are all available at once (a list response) are joined into sends of
 # about this size instead of one syscall per piece.
 _SEND_BUFFER = 64 * 1024
@@ -58,22 +72,11 @@ _MAX_DRAIN = 64 * 1024
 # Bytes the client sent that we will never read, discarded before closing: closing a socket
 # with unread data makes the kernel send RST, which can destroy the response still in flight.
 _MAX_DISCARD = 256 * 1024
+# A buffered chunked body stays in memory up to this size, then spills to a temporary file.
+_SPOOL_IN_MEMORY = 1024 * 1024
 
-# RFC 9110 7.6.1 hop-by-hop fields: the server owns the connection, so an application's values
-# for these are dropped (``Connection: close`` is honoured, see _Response._final_headers).
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
+#: Default bound on a chunked request body buffered for the application (see HttpConfig).
+DEFAULT_MAX_CHUNKED_BODY = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class HttpConfig:
     server_software: str  # value of the Server header
     url_scheme: str  # "http" (TLS: "https")
     script_name: str  # SCRIPT_NAME prefix, "" by default
-    max_header_bytes: int  # bound on a request head (h11 max_incomplete_event_size)
+    max_header_bytes: int  # informational: the largest head Gunicorn's limits allow
     multithread: bool  # wsgi.multithread
     multiprocess: bool  # wsgi.multiprocess
     keepalive: bool  # may a connection serve more than one request?
@@ -91,6 +94,18 @@ class HttpConfig:
     # Requests served back to back on one connection before it goes back to the master's
     # queue, behind connections that waited meanwhile: bounds the wait of the others.
     burst: int = 16
+    # Gunicorn's request limits, compatibility flags and proxy trust settings.
+    rules: RequestRules = field(default_factory=RequestRules)
+    # Gunicorn's proxy_protocol ("off", "v1", "v2", "auto") and proxy_allow_ips.
+    proxy_protocol: str = "off"
+    proxy_allow: AddressAllowList = field(
+        default_factory=lambda: AddressAllowList(["127.0.0.1", "::1"])
+    )
+    # A chunked request body is read completely before the application runs, up to this many
+    # bytes (more: 413), and the application sees it with a CONTENT_LENGTH: frameworks that
+    # ignore wsgi.input_terminated (Django) otherwise read nothing. 0: stream it unbuffered,
+    # without CONTENT_LENGTH, as Gunicorn does.
+    max_chunked_body: int = DEFAULT_MAX_CHUNKED_BODY
 
 
 @dataclass
@@ -171,16 +186,6 @@ class _Abort(Exception):
     """The response cannot be completed correctly (already logged): drop the connection."""
 
 
-class _Placeholder:
-    """Stands for bytes that went out with sendfile(), so h11 can count them."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-
-    def __len__(self) -> int:
-        return self._size
-
-
 _date_cache: tuple[int, str] = (0, "")
 
 
@@ -240,22 +245,24 @@ class _Handler:
         self.sock = sock
         self.app = app
         self.config = config
+        self.rules = config.rules
         self.hooks = hooks
         self.log = log
-        self.conn = self._new_h11()
         self.server_addr = _address(sock.getsockname)
         self.client_addr = _address(sock.getpeername)
+        # Per connection, not per request: the peer cannot change.
+        self.trusted = self.rules.forwarded_allow.allows(self.client_addr)
         # sendfile() and the pre-close discard need the raw socket, not a TLS session.
         self.plain = not isinstance(sock, ssl.SSLSocket)
+        self.buf = bytearray()  # received, not yet consumed
+        self.eof = False  # the client shut its sending side
+        self.proxy: ProxyInfo | None = None
         self.dead = False  # a send failed: the connection can carry nothing more
         self.aborted = False  # already shut down in both directions
-        self.body_done = False
+        self.decoder: BodyDecoder = LengthDecoder(0)
         self.body_error: RequestBodyError | None = None
-        self.body_length: int | None = None  # declared Content-Length (None: chunked)
         self.body_received = 0
-
-    def _new_h11(self) -> h11.Connection:
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
+        self.continue_pending = False  # the client waits for 100 Continue before the body
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -265,64 +272,92 @@ class _Handler:
         except OSError as exc:
             self.log.debug("Cannot use client socket: %s", exc)
             return self._close()
-        if prefix:  # h11 takes b"" as end-of-file
-            self.conn.receive_data(prefix)
+        self.buf += prefix
+        if self.config.proxy_protocol != "off" and not self._read_proxy_header():
+            return self._close()
         served = 0
         while True:
             if served >= self.config.burst:
-                return Idle(leftover=self.conn.trailing_data[0])
+                return self._idle()
             got = self._next_request(blocking=served == 0)
-            if not isinstance(got, h11.Request):
+            if not isinstance(got, ParsedRequest):
                 return got
             served += 1
             if not self._serve_request(got):
                 return self._close()
 
-    def _next_request(self, blocking: bool) -> h11.Request | Closed | Idle:
+    def _idle(self) -> Idle:
+        leftover = bytes(self.buf)
+        if self.config.proxy_protocol != "off":
+            # What the PROXY header said must survive the connection being parked.
+            leftover = proxy_protocol.resume_marker(self.proxy) + leftover
+        return Idle(leftover=leftover)
+
+    def _read_proxy_header(self) -> bool:
+        """Consume a PROXY header (or our resume marker) at the start; False: close."""
+        allowed = self.config.proxy_allow.allows(self.client_addr)
+        while True:
+            try:
+                got = proxy_protocol.parse(self.buf, self.config.proxy_protocol, allowed)
+            except Rejected as exc:
+                self._reject(exc)
+                return False
+            if isinstance(got, ProxyInfo):
+                del self.buf[: got.consumed]
+                self.proxy = None if got.protocol == "NONE" else got
+                return True
+            if got is proxy_protocol.NOT_PROXY:
+                return True
+            if not self._recv_into_buffer("a PROXY header"):
+                return False
+
+    def _recv_into_buffer(self, what: str) -> bool:
+        """One blocking recv() into the buffer; False if the connection is over."""
+        if self.eof:
+            return False
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        except TimeoutError:
+            self.log.debug("Timed out waiting for %s from %s", what, self.client_addr)
+            if self.buf:
+                self._send_error(408)  # it had started: tell the client why we hang up
+            return False
+        except OSError as exc:
+            self.log.debug("Error reading from %s: %s", self.client_addr, exc)
+            return False
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def _next_request(self, blocking: bool) -> ParsedRequest | Closed | Idle:
         """Parse the next request head, reading as needed.
 
         When not ``blocking`` (every request after the first), only data that is already
         buffered or readable right now counts; otherwise the connection is Idle.
         """
+        scanned = 0
         while True:
-            if self._head_too_large():
-                self.log.debug("Request head from %s is too large", self.client_addr)
-                self._send_error(431)
-                return self._close()
             try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                self.log.debug("Invalid request from %s: %s", self.client_addr, exc)
-                self._send_error(exc.error_status_hint)
+                end = find_head_end(self.buf, self.rules, scanned)
+                if end >= 0:
+                    head = bytes(self.buf[:end])
+                    del self.buf[:end]
+                    return parse_head(head, self.rules, trusted=self.trusted)
+            except Rejected as exc:
+                self._reject(exc)
                 return self._close()
-            if isinstance(event, h11.Request):
-                return event
-            if event is not h11.NEED_DATA:  # ConnectionClosed: the client is done
+            scanned = len(self.buf)
+            if not blocking and not self.eof and not self._readable_now():
+                return self._idle()
+            if not self._recv_into_buffer("a request"):
                 return self._close()
-            if not blocking and not self._readable_now():
-                return Idle(leftover=self.conn.trailing_data[0])
-            try:
-                data = self.sock.recv(_RECV_SIZE)
-            except TimeoutError:
-                self.log.debug("Timed out waiting for a request from %s", self.client_addr)
-                if self.conn.trailing_data[0]:
-                    # The head had started: tell the client why we hang up.
-                    self._send_error(408)
-                return self._close()
-            except OSError as exc:
-                self.log.debug("Error reading from %s: %s", self.client_addr, exc)
-                return self._close()
-            self.conn.receive_data(data)
 
-    def _head_too_large(self) -> bool:
-        """True if the buffered request head is longer than config.max_header_bytes.
-
-        h11 enforces ``max_incomplete_event_size`` only while it waits for more data, so a
-        large head that arrived in a single recv() would slip through without this check.
-        """
-        limit = self.config.max_header_bytes
-        data = self.conn.trailing_data[0]
-        return len(data) > limit and not head_complete(data, limit)
+    def _reject(self, exc: Rejected) -> None:
+        # Gunicorn logs refused requests as warnings too ("Invalid request from ip=...").
+        self.log.warning("Invalid request from %s: %s", self.client_addr, exc.reason)
+        self._send_error(exc.status_hint)
 
     def _readable_now(self) -> bool:
         """True if a recv() would not block (data, EOF or an error is pending)."""
@@ -335,24 +370,41 @@ class _Handler:
         except (OSError, ValueError):
             return True  # let recv() report the problem
 
-    def _serve_request(self, request: h11.Request) -> bool:
+    def _serve_request(self, request: ParsedRequest) -> bool:
         """Run the application for one request; True if the connection can be reused."""
         started = time.monotonic()
-        self.body_done = False
+        self.decoder = decoder_for(request, self.rules)
         self.body_error = None
         self.body_received = 0
-        self.body_length = None
-        for name, value in request.headers.raw_items():
-            if name.lower() == b"content-length":
-                self.body_length = int(value)  # h11 validated it
+        self.continue_pending = request.expect_continue and not self.decoder.done
         try:
             close_after = self.hooks.request_started()
         except Exception:
             self.log.exception("Error in request_started hook")
             close_after = True
 
+        spooled: IO[bytes] | None = None
+        if request.chunked and self.config.max_chunked_body > 0:
+            spooled = self._buffer_chunked_body()
+            if spooled is None:
+                return False
+        try:
+            return self._respond(request, started, close_after, spooled)
+        finally:
+            if spooled is not None:
+                spooled.close()
+
+    def _respond(
+        self,
+        request: ParsedRequest,
+        started: float,
+        close_after: bool,
+        spooled: IO[bytes] | None,
+    ) -> bool:
         req = self._request_info(request)
-        wsgi_input = InputStream(self._read_body_chunk, on_first_read=self._send_100_continue)
+        wsgi_input: Any = spooled
+        if spooled is None:
+            wsgi_input = InputStream(self._read_body_chunk, on_first_read=self._send_100_continue)
         wsgi_errors = _ErrorStream(self.log)
         environ = build_environ(
             request,
@@ -366,17 +418,29 @@ class _Handler:
             multiprocess=self.config.multiprocess,
             server_software=self.config.server_software,
         )
+        if spooled is not None:
+            # The body is now length-delimited; a proxying application must not forward both.
+            environ["CONTENT_LENGTH"] = str(self.body_received)
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+        if self.proxy is not None:
+            environ.update(self.proxy.environ())
         connection_tokens = {
-            token.strip().lower()
-            for value in request.headers.raw_items()
-            if value[0].lower() == b"connection"
-            for token in value[1].split(b",")
+            token.strip(" \t").lower()
+            for name, value in request.headers
+            if name == "CONNECTION"
+            for token in value.split(",")
         }
-        http10 = request.http_version < b"1.1"
+        http10 = request.version < (1, 1)
         keep_alive_10 = (
-            http10 and b"keep-alive" in connection_tokens and b"close" not in connection_tokens
+            http10 and "keep-alive" in connection_tokens and "close" not in connection_tokens
         )
-        want_close = close_after or not self.config.keepalive or (http10 and not keep_alive_10)
+        want_close = (
+            close_after
+            or not self.config.keepalive
+            or request.must_close
+            or "close" in connection_tokens
+            or (http10 and not keep_alive_10)
+        )
         resp = _Response(self, request, want_close=want_close, keep_alive_10=keep_alive_10)
         try:
             self._run_app(environ, req, resp)
@@ -397,7 +461,39 @@ class _Handler:
                     self.log.exception("Error in access hook")
         if not resp.finished or resp.must_close or self.dead or self.body_error is not None:
             return False
-        return self._prepare_next(resp.keep_alive_10)
+        return self._drain_body()
+
+    def _buffer_chunked_body(self) -> IO[bytes] | None:
+        """Read a whole chunked body into a spooled temporary file (None: answered, close)."""
+        limit = self.config.max_chunked_body
+        # Not a context manager: on success the file outlives this call (the caller closes it).
+        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
+        try:
+            self._send_100_continue()
+            while chunk := self._read_body_chunk():
+                if self.body_received > limit:
+                    self.log.warning(
+                        "Chunked request body from %s is over %d bytes: refused",
+                        self.client_addr,
+                        limit,
+                    )
+                    self._send_error(413)
+                    spool.close()
+                    return None
+                spool.write(chunk)
+        except RequestBodyError as exc:
+            self.log.warning("Invalid request body from %s: %s", self.client_addr, exc)
+            if exc.status_hint is not None:
+                self._send_error(exc.status_hint)
+            spool.close()
+            return None
+        except OSError as exc:  # the temporary file (disk full...)
+            self.log.error("Cannot buffer a chunked request body: %s", exc)
+            self._send_error(500)
+            spool.close()
+            return None
+        spool.seek(0)
+        return cast(IO[bytes], spool)
 
     def _run_app(self, environ: dict[str, Any], req: RequestInfo, resp: _Response) -> None:
         result: Iterable[bytes] | None = None
@@ -424,7 +520,7 @@ class _Handler:
             self._abort(resp)
         except RequestBodyError as exc:
             # The application let a failed body read escape: the client is at fault.
-            self.log.debug("Error reading request body from %s: %s", self.client_addr, exc)
+            self.log.warning("Invalid request body from %s: %s", self.client_addr, exc)
             if resp.committed:
                 self._abort(resp)
             elif exc.status_hint is not None:
@@ -445,35 +541,11 @@ class _Handler:
         except Exception:
             self.log.exception("Error closing the response iterable")
 
-    def _prepare_next(self, keep_alive_10: bool) -> bool:
-        """After a complete response: make ready for the next request, or say it cannot be."""
-        conn = self.conn
-        if keep_alive_10:
-            # h11 never keeps HTTP/1.0 connections alive, so its state machine insists on
-            # closing (MUST_CLOSE); the response head was written accordingly by _Response.
-            # A fresh h11 connection takes over the bytes that follow.
-            if conn.our_state is not h11.MUST_CLOSE or not self._drain_body():
-                return False
-            if conn.their_state is not h11.MUST_CLOSE:
-                return False
-            leftover, eof = conn.trailing_data
-            if eof:
-                return False
-            self.conn = self._new_h11()
-            if leftover:
-                self.conn.receive_data(leftover)
-            return True
-        if conn.our_state is not h11.DONE or not self._drain_body():
-            return False
-        if conn.their_state is not h11.DONE:
-            return False
-        conn.start_next_cycle()
-        return True
-
     def _drain_body(self) -> bool:
-        """Read and discard what the application left of the request body (bounded)."""
+        """Read and discard what the application left of the request body (bounded);
+        True if the connection is then ready for the next request."""
         budget = _MAX_DRAIN
-        while not self.body_done:
+        while not self.decoder.done:
             try:
                 budget -= len(self._read_body_chunk())
             except RequestBodyError:
@@ -485,23 +557,16 @@ class _Handler:
 
     # -- request side ----------------------------------------------------------------------
 
-    def _request_info(self, request: h11.Request) -> RequestInfo:
-        path, query, fragment = split_target(request.target)
-        major, _, minor = request.http_version.partition(b".")
+    def _request_info(self, request: ParsedRequest) -> RequestInfo:
         return RequestInfo(
-            method=request.method.decode("latin-1"),
-            uri=request.target.decode("latin-1"),
-            path=path.decode("latin-1"),
-            query=query.decode("latin-1"),
-            fragment=fragment.decode("latin-1"),
-            version=(int(major), int(minor or b"0")),
-            headers=[
-                (name.decode("latin-1").upper(), value.decode("latin-1"))
-                for name, value in request.headers.raw_items()
-                # Same rule as the environ: such names are dropped (header_map = "drop").
-                if b"_" not in name
-            ],
-            scheme=self.config.url_scheme,
+            method=request.method,
+            uri=request.target,
+            path=request.path,
+            query=request.query,
+            fragment=request.fragment,
+            version=request.version,
+            headers=request.headers,
+            scheme=request.scheme or self.config.url_scheme,
             remote_addr=_printable_address(self.client_addr),
         )
 
@@ -509,44 +574,58 @@ class _Handler:
         """Next piece of the request body for wsgi.input; b"" at its end."""
         if self.body_error is not None:
             raise self.body_error
-        if self.body_done:
-            return b""
-        while True:
+        decoder = self.decoder
+        while not decoder.done:
+            if not self.buf and isinstance(decoder, LengthDecoder):
+                # Straight from the socket, never past the end of the body: no buffer copy.
+                data = self._recv_body(min(_RECV_SIZE, decoder.remaining))
+                decoder.remaining -= len(data)
+                decoder.done = decoder.remaining == 0
+            else:
+                try:
+                    data = decoder.feed(self.buf)
+                except Rejected as exc:
+                    message = f"invalid body: {exc.reason}"
+                    raise self._body_failed(message, exc.status_hint) from None
+                if not data and not decoder.done:
+                    self.buf += self._recv_body(_RECV_SIZE)
+                    continue
+            if data:
+                self.continue_pending = False
+                self.body_received += len(data)
+                return data
+        return b""
+
+    def _recv_body(self, size: int) -> bytes:
+        if self.eof:
+            data = b""
+        else:
             try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise self._body_failed(
-                    f"invalid request body: {exc}", exc.error_status_hint
-                ) from exc
-            if isinstance(event, h11.Data):
-                if event.data:
-                    self.body_received += len(event.data)
-                    return bytes(event.data)
-                continue
-            if event is not h11.NEED_DATA:  # EndOfMessage (or nothing more to come)
-                self.body_done = True
-                return b""
-            try:
-                data = self.sock.recv(_RECV_SIZE)
+                data = self.sock.recv(size)
             except TimeoutError:
                 raise self._body_failed("timed out reading the request body") from None
             except OSError as exc:
                 raise self._body_failed(f"error reading the request body: {exc}") from exc
-            self.conn.receive_data(data)
+        if not data:
+            self.eof = True
+            error = self.decoder.eof_error()
+            raise self._body_failed(
+                "client closed the connection in the request body",
+                error.status_hint if error is not None else None,
+            )
+        return data
 
     def _body_failed(self, message: str, status_hint: int | None = None) -> RequestBodyError:
         self.body_error = RequestBodyError(message, status_hint)
         return self.body_error
 
     def _send_100_continue(self) -> None:
-        """Called before the application's first body read: the client may be waiting."""
-        if not self.conn.they_are_waiting_for_100_continue:
+        """Called before the first body read: the client may be waiting."""
+        if not self.continue_pending:
             return
-        data = self.conn.send(
-            h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-        )
+        self.continue_pending = False
         try:
-            self.sendall(data or b"")
+            self.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         except _PeerGone as exc:
             raise self._body_failed(f"client went away: {exc}") from None
 
@@ -562,13 +641,12 @@ class _Handler:
             raise _PeerGone(str(exc) or type(exc).__name__) from exc
 
     def _send_error(self, status_code: int) -> None:
-        """Answer a request that could not even be parsed (or timed out) and plan to close."""
-        data, _ = _error_response(self.conn, status_code, self.config.server_software, False)
-        if data:
-            try:
-                self.sendall(data)
-            except _PeerGone as exc:
-                self.log.debug("Cannot send %d to %s: %s", status_code, self.client_addr, exc)
+        """Answer a request that could not be served (refused, timed out) and plan to close."""
+        data, _ = _error_response(status_code, self.config.server_software, False)
+        try:
+            self.sendall(data)
+        except _PeerGone as exc:
+            self.log.debug("Cannot send %d to %s: %s", status_code, self.client_addr, exc)
 
     def _abort(self, resp: _Response) -> None:
         """Drop a connection whose response cannot be completed: the client must see a
@@ -590,7 +668,7 @@ class _Handler:
                 self.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 return Closed()
-            if self.plain:
+            if self.plain and not self.eof:
                 self._discard_unread_input()
         return Closed()
 
@@ -615,12 +693,11 @@ def _printable_address(addr: Address) -> str | tuple[Any, ...]:
 
 
 def _error_response(
-    conn: h11.Connection, status_code: int, server_software: str, head: bool
+    status_code: int, server_software: str, head: bool
 ) -> tuple[bytes, ResponseInfo]:
     """Serialize a small plain-text error response with ``Connection: close``.
 
-    Returns the bytes to send (empty if h11's state does not allow a response any more) and
-    the response as the hooks see it.
+    Returns the bytes to send and the response as the hooks see it.
     """
     reason = _reason(status_code)
     body = f"{status_code} {reason}\n".encode()
@@ -632,28 +709,17 @@ def _error_response(
         ("Content-Length", str(len(body))),
         ("Connection", "close"),
     ]
-    event = h11.Response(
-        status_code=status_code,
-        reason=reason.encode("latin-1"),
-        headers=[(name.encode("ascii"), value.encode("latin-1")) for name, value in headers],
-    )
-    try:
-        parts = [conn.send(event)]
-        if not head:
-            parts.append(conn.send(h11.Data(data=body)))
-        parts.append(conn.send(h11.EndOfMessage()))
-    except h11.LocalProtocolError:
-        return b"", ResponseInfo()
+    data = _serialize_head(status_code, reason, headers) + (b"" if head else body)
     info = ResponseInfo(f"{status_code} {reason}", status_code, headers, 0 if head else len(body))
-    return b"".join(p for p in parts if p), info
+    return data, info
 
 
 def _serialize_head(status_code: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
-    """Status line and headers, formatted exactly like h11 does."""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status_code, reason.encode("latin-1"))]
-    lines += [b"%s: %s\r\n" % (n.encode("ascii"), v.encode("latin-1")) for n, v in headers]
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    """Status line and header fields (validated earlier: no CR, LF or NUL can be in them)."""
+    lines = [f"HTTP/1.1 {status_code} {reason}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
 
 
 class _ErrorStream:
@@ -681,22 +747,28 @@ class _ErrorStream:
 
 
 class _Response:
-    """The response to one request: start_response state, framing checks, output buffer."""
+    """The response to one request: start_response state, framing, output buffer.
+
+    Framing: the application's Content-Length if it gave one (never exceeded; falling short
+    drops the connection); otherwise chunked for HTTP/1.1, or delimited by closing the
+    connection for HTTP/1.0. HEAD, 204 and 304 responses never carry body bytes.
+    """
 
     def __init__(
-        self, handler: _Handler, request: h11.Request, *, want_close: bool, keep_alive_10: bool
+        self, handler: _Handler, request: ParsedRequest, *, want_close: bool, keep_alive_10: bool
     ) -> None:
         self.handler = handler
-        self.conn = handler.conn
-        self.head = request.method == b"HEAD"
-        self.uri = request.target.decode("latin-1")
+        self.head = request.method == "HEAD"
+        self.http11 = request.version >= (1, 1)
+        self.uri = request.target
         self.starter = ResponseStarter(self.write, lambda: self.committed)
         self.info = ResponseInfo()
         self.must_close = want_close
         self.keep_alive_10 = keep_alive_10 and not want_close
         self.committed = False  # status and headers are fixed (queued or sent)
-        self.finished = False  # EndOfMessage was sent
+        self.finished = False  # the whole response was sent
         self.bodyless = False  # HEAD, 204, 304: body bytes from the app are dropped
+        self.chunked = False
         self.content_length: int | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -714,7 +786,8 @@ class _Response:
         self.flush()
 
     def body(self, data: bytes) -> None:
-        """Queue one piece of the body (empty pieces are skipped: they mean nothing)."""
+        """Queue one piece of the body (empty pieces are skipped: they mean nothing, and an
+        empty chunk would end a chunked body)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"response body items must be bytes, not {type(data).__name__}")
         if not data:
@@ -739,7 +812,12 @@ class _Response:
                 data = data[:room]
                 if not data:
                     return
-        self._queue(self.conn.send(h11.Data(data=data)), len(data))
+        if self.chunked:
+            self._queue(b"%x\r\n" % len(data))
+            self._queue(data, len(data))
+            self._queue(b"\r\n")
+        else:
+            self._queue(data, len(data))
 
     def finish(self) -> None:
         """End the response (sending the head first if the body was empty)."""
@@ -758,12 +836,15 @@ class _Response:
                 self.uri,
             )
             raise _Abort
-        self._queue(self.conn.send(h11.EndOfMessage()))
+        if self.chunked:
+            self._queue(b"0\r\n\r\n")
         self.flush()
         self.finished = True
 
     def sendfile(self, wrapper: FileWrapper) -> bool:
-        """Send a wsgi.file_wrapper's file with sendfile(); False to fall back to iterating."""
+        """Send a wsgi.file_wrapper's file with sendfile(); False to fall back to iterating
+        (no descriptor, no Content-Length to bound it, or TLS, whose encryption happens in
+        user space)."""
         if not self.handler.plain or not self.starter.started:
             return False
         fd = wrapper.fileno()
@@ -791,11 +872,8 @@ class _Response:
         except OSError as exc:
             self.handler.dead = True
             raise _PeerGone(str(exc) or type(exc).__name__) from exc
-        if sent:
-            # Only the accounting: the bytes themselves already left through sendfile().
-            self.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _Placeholder(sent))))
-            self._body_bytes += sent
-            self.info.sent += sent
+        self._body_bytes += sent
+        self.info.sent += sent
         return True
 
     # -- status line and headers -----------------------------------------------------------
@@ -809,19 +887,9 @@ class _Response:
             raise ValueError(f"status {starter.status!r} cannot be a final response")
         self.bodyless = self.head or code in (204, 304)
         headers = self._final_headers(starter.headers, code)
-        event = h11.Response(
-            status_code=code,
-            reason=starter.reason.encode("latin-1"),
-            headers=[(name.encode("ascii"), value.encode("latin-1")) for name, value in headers],
-        )
-        data = self.conn.send(event) or b""
-        if self.keep_alive_10:
-            # h11 would force "Connection: close" on an HTTP/1.0 client; it still frames the
-            # body (Content-Length or none), so only the head is written here.
-            data = _serialize_head(code, starter.reason, headers)
         self.committed = True
         self.info = ResponseInfo(starter.status or "", code, headers, 0)
-        self._queue(data)
+        self._queue(_serialize_head(code, starter.reason, headers))
 
     def _final_headers(
         self, app_headers: list[tuple[str, str]], code: int
@@ -832,17 +900,21 @@ class _Response:
             lname = name.lower()
             # RFC 9110 5.5: surrounding whitespace is not part of a field value.
             value = raw_value.strip(" \t")
-            if lname in _HOP_BY_HOP:
-                if lname == "connection" and "close" in value.lower().replace(" ", "").split(","):
+            if lname == "connection":
+                # The only hop-by-hop field wsgi.validate_headers lets through: the server
+                # writes its own, honouring a "close" from the application.
+                if "close" in (t.strip(" \t").lower() for t in value.split(",")):
                     self.must_close = True
                 continue
             if lname == "content-length":
                 if code == 204:  # RFC 9110 8.6: never on a 204
                     continue
-                if not value.isdigit() or (
+                if not (value.isascii() and value.isdigit()) or (
                     self.content_length is not None and int(value) != self.content_length
                 ):
                     raise ValueError(f"invalid Content-Length {value!r}")
+                if self.content_length is not None:
+                    continue  # an identical repeat: send it once
                 self.content_length = int(value)
             elif lname == "date":
                 has_date = True
@@ -858,26 +930,27 @@ class _Response:
         headers = defaults + headers
 
         handler = self.handler
-        if self.conn.they_are_waiting_for_100_continue:
+        if handler.continue_pending:
             # The application never read the body, so we never asked for it: the client may
             # or may not send it now, and the connection cannot be trusted for another request.
             self.must_close = True
         elif (
-            not handler.body_done
-            and handler.body_length is not None
-            and handler.body_length - handler.body_received > _MAX_DRAIN
+            isinstance(handler.decoder, LengthDecoder)
+            and handler.decoder.remaining > _MAX_DRAIN
         ):
             # Too much unread body to drain after the response: say now that we will close.
             self.must_close = True
+        if not self.bodyless and self.content_length is None:
+            if self.http11:
+                self.chunked = True
+                headers.append(("Transfer-Encoding", "chunked"))
+            else:
+                self.must_close = True  # the body is delimited by closing the connection
         if self.must_close:
             self.keep_alive_10 = False
             headers.append(("Connection", "close"))
         elif self.keep_alive_10:
-            if self.content_length is not None or self.bodyless:
-                headers.append(("Connection", "keep-alive"))
-            else:
-                # The body is delimited by closing the connection.
-                self.keep_alive_10 = False
+            headers.append(("Connection", "keep-alive"))
         return headers
 
     def final_info(self) -> ResponseInfo:
@@ -889,14 +962,13 @@ class _Response:
 
     # -- output buffer ---------------------------------------------------------------------
 
-    def _queue(self, data: bytes | None, body_bytes: int = 0) -> None:
+    def _queue(self, data: bytes, body_bytes: int = 0) -> None:
         self._body_bytes += body_bytes
         self._pending_body += body_bytes
-        if data:
-            self._pending.append(data)
-            self._pending_size += len(data)
-            if self._pending_size >= _SEND_BUFFER:
-                self.flush()
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= _SEND_BUFFER:
+            self.flush()
 
     def flush(self) -> None:
         """Send everything queued, in one call."""
@@ -913,11 +985,7 @@ class _Response:
         self.must_close = True
         self._pending.clear()
         self._pending_size = self._pending_body = 0
-        data, info = _error_response(
-            self.conn, status_code, self.handler.config.server_software, self.head
-        )
-        if not data:
-            return
+        data, info = _error_response(status_code, self.handler.config.server_software, self.head)
         self.info = info
         self.committed = True
         try:

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import IO, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
-import h11
+from .request_rules import ParsedRequest
 
 __all__ = [
     "Address",
@@ -60,6 +60,23 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # "200 OK": three digits, then optionally a space and a reason phrase without controls.
 _STATUS_RE = re.compile(r"([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+# RFC 9110 7.6.1 hop-by-hop fields: PEP 3333 forbids applications to send them, because the
+# server owns the connection (and a Transfer-Encoding from the app would desync the framing).
+# "Connection" is the exception: applications commonly send "Connection: close" to ask for the
+# connection to end, which the server can honour safely (connection.py does; other values of
+# it are dropped).
+HOP_BY_HOP = frozenset(
+    {
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 _ABSOLUTE_FORM_RE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
@@ -105,7 +122,7 @@ def _split_host(host: str, default_port: str) -> tuple[str, str]:
 
 
 def build_environ(
-    request: h11.Request,
+    request: ParsedRequest,
     *,
     server: Address,
     client: Address,
@@ -117,29 +134,33 @@ def build_environ(
     multiprocess: bool = True,
     server_software: str = "",
 ) -> dict[str, Any]:
-    """Build a complete PEP 3333 environ for ``request``.
+    """Build a complete PEP 3333 environ for a parsed ``request``.
 
     ``server``/``client`` are the local and peer socket addresses. ``script_name`` is the mount
     point of the application (no trailing slash needed); when the decoded path starts with it,
-    it is stripped from ``PATH_INFO``. Header names containing ``_`` are dropped, like
-    Gunicorn's default ``header_map = "drop"``, so that ``X_Forwarded_For`` cannot spoof
-    ``X-Forwarded-For``.
+    it is stripped from ``PATH_INFO``. A trusted proxy's ``SCRIPT_NAME`` field (Gunicorn's
+    ``forwarder_headers``) replaces it. ``request.headers`` already went through the header
+    policy (``header_map``), and ``request.scheme`` (from ``secure_scheme_headers``), when set,
+    replaces ``url_scheme``.
     """
-    raw_path, raw_query, _fragment = split_target(request.target)
+    if request.script_name is not None:
+        script_name = request.script_name
     # PEP 3333: PATH_INFO is the percent-decoded path, each byte mapped to one code point.
-    path_info = unquote_to_bytes(raw_path).decode("latin-1")
+    path_info = unquote_to_bytes(request.path).decode("latin-1")
     script_name = script_name.rstrip("/")
     if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
         path_info = path_info[len(script_name) :]
+    url_scheme = request.scheme or url_scheme
 
     default_port = "443" if url_scheme == "https" else "80"
+    major, minor = request.version
     environ: dict[str, Any] = {
-        "REQUEST_METHOD": request.method.decode("latin-1"),
+        "REQUEST_METHOD": request.method,
         "SCRIPT_NAME": script_name,
         "PATH_INFO": path_info,
-        "QUERY_STRING": raw_query.decode("latin-1"),
-        "RAW_URI": request.target.decode("latin-1"),
-        "SERVER_PROTOCOL": "HTTP/" + request.http_version.decode("latin-1"),
+        "QUERY_STRING": request.query,
+        "RAW_URI": request.target,
+        "SERVER_PROTOCOL": f"HTTP/{major}.{minor}",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": url_scheme,
         "wsgi.input": wsgi_input,
@@ -154,21 +175,16 @@ def build_environ(
         environ["SERVER_SOFTWARE"] = server_software
 
     host: str | None = None
-    for raw_name, raw_value in request.headers.raw_items():
-        name = raw_name.lower()
-        value = raw_value.decode("latin-1")
-        if name == b"content-type":
-            environ.setdefault("CONTENT_TYPE", value)
+    for name, value in request.headers:
+        if name == "CONTENT-TYPE":
+            environ["CONTENT_TYPE"] = value
             continue
-        if name == b"content-length":
-            # h11 already rejected conflicting duplicates.
+        if name == "CONTENT-LENGTH":
             environ["CONTENT_LENGTH"] = value
             continue
-        if b"_" in raw_name:
-            continue
-        if name == b"host" and host is None:
+        if name == "HOST":
             host = value
-        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        key = "HTTP_" + name.replace("-", "_")
         previous = environ.get(key)
         environ[key] = value if previous is None else previous + "," + value
 
@@ -306,7 +322,7 @@ def validate_status(status: object) -> tuple[int, str]:
 
 def validate_headers(headers: object) -> list[tuple[str, str]]:
     """Check WSGI response headers (str names that are tokens, latin-1 str values without
-    control characters) and return them as a new list of 2-tuples."""
+    control characters, no hop-by-hop field) and return them as a new list of 2-tuples."""
     if not isinstance(headers, (list, tuple)):
         raise TypeError(f"headers must be a list, not {type(headers).__name__}")
     checked: list[tuple[str, str]] = []
@@ -323,6 +339,8 @@ def validate_headers(headers: object) -> list[tuple[str, str]]:
         if not _HEADER_VALUE_RE.fullmatch(value):
             # Name only: the value may be sensitive (cookies, tokens).
             raise ValueError(f"invalid value for header {name!r}")
+        if name.lower() in HOP_BY_HOP:
+            raise ValueError(f"hop-by-hop header {name!r} is not allowed from a WSGI application")
         checked.append((name, value))
     return checked
 

@@ -800,7 +800,26 @@ def test_app_connection_close_header_is_honoured() -> None:
 
     out = serve(app, GET + GET)
     assert out.result == Closed()
-    assert one(out.raw).headers["connection"] == "close"
+    resp = one(out.raw)
+    assert resp.status == 200 and resp.headers["connection"] == "close"
+    assert len(out.hooks.pre) == 1  # the pipelined second request was not served
+
+
+@pytest.mark.parametrize(
+    "header",
+    [("Transfer-Encoding", "chunked"), ("Upgrade", "x"), ("Keep-Alive", "1"), ("TE", "x")],
+)
+def test_app_hop_by_hop_header_gives_500_logged(header: tuple[str, str]) -> None:
+    # PEP 3333: an application must not send hop-by-hop fields; the server owns the framing.
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [header, ("Content-Length", "2")])
+        return [b"ok"]
+
+    out = serve(app, GET + GET)
+    assert out.result == Closed()
+    resp = one(out.raw)
+    assert resp.status == 500 and resp.headers["connection"] == "close"
+    assert any("Error handling request" in m for m in out.log.at("exception"))
 
 
 def test_app_date_and_server_are_kept() -> None:

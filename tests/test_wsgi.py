@@ -7,11 +7,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import h11
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gunicorn_fdpass.request_rules import ParsedRequest, RequestRules, parse_head
 from gunicorn_fdpass.wsgi import (
     FileWrapper,
     InputStream,
@@ -26,13 +26,20 @@ def request(
     headers: list[tuple[Any, Any]] | None = None,
     method: str = "GET",
     version: str = "1.1",
-) -> h11.Request:
+) -> ParsedRequest:
+    """The request as the connection layer hands it over: parsed by request_rules."""
     if headers is None:
         headers = [("Host", "example.com")]
-    return h11.Request(method=method, target=target, headers=headers, http_version=version)
+
+    def raw(value: str | bytes) -> bytes:
+        return value if isinstance(value, bytes) else value.encode("latin-1")
+
+    head = b"%s %s HTTP/%s\r\n" % (raw(method), raw(target), raw(version))
+    head += b"".join(b"%s: %s\r\n" % (raw(n), raw(v)) for n, v in headers) + b"\r\n"
+    return parse_head(head, RequestRules(), trusted=False)
 
 
-def environ_for(req: h11.Request, **kwargs: Any) -> dict[str, Any]:
+def environ_for(req: ParsedRequest, **kwargs: Any) -> dict[str, Any]:
     params: dict[str, Any] = {
         "server": ("10.0.0.1", 8000),
         "client": ("192.0.2.7", 51234),
@@ -419,6 +426,11 @@ def test_invalid_status(status: str) -> None:
         ([("X-A", "a\x00b")], ValueError),
         ([("X-A", "snow\u2603man")], ValueError),
         ([("X-A", "caf\xe9\tok")], None),
+        # PEP 3333: hop-by-hop fields belong to the server, never to the application.
+        ([("Connection", "close")], None),  # honoured by the connection layer
+        ([("Transfer-Encoding", "chunked")], ValueError),
+        ([("keep-alive", "timeout=5")], ValueError),
+        ([("Upgrade", "h2c")], ValueError),
     ],
 )
 def test_header_validation(headers: Any, error: type[Exception] | None) -> None:
