@@ -54,6 +54,11 @@ _VALUE_INVALID_RE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CLEAN_BLOCK_RE: Final = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _FIELD_RE: Final = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r]*?)[ \t]*\r\n")
 
+# RFC 9112 3.2 / RFC 3986 3.2.2: Host = uri-host [ ":" port ] (an empty value is allowed).
+_HOST_RE: Final = re.compile(
+    r"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=]*\]|[0-9A-Za-z\-._~%!$&'()*+,;=]*)(?::[0-9]*)?"
+)
+
 #: RFC 9110 6.5.1: fields a trailer section must not carry (upper case, as parsed).
 FORBIDDEN_TRAILERS: Final = frozenset(
     {"HOST", "CONTENT-LENGTH", "TRANSFER-ENCODING", "TRAILER", "AUTHORIZATION", "TE"}
@@ -186,6 +191,8 @@ def find_head_end(data: bytes | bytearray, rules: RequestRules, resume: int = 0)
         return -1
     if line_end - start > limit:
         raise Rejected(414, "request line too long")
+    if line_end == start:
+        raise Rejected(400, "empty request line")  # only one leading empty line is ignored
     if len(data) - line_end - 2 > rules.max_header_block:
         raise Rejected(431, "header section too large")
     return -1
@@ -340,6 +347,8 @@ def check_fields(
             if name in seen:
                 raise Rejected(400, f"repeated {name}")
             seen.add(name)
+            if name == "HOST" and not _HOST_RE.fullmatch(value):
+                raise Rejected(400, "invalid Host")  # RFC 9112 3.2
         elif name == "EXPECT" and not trailer:
             if value.lower() != "100-continue":
                 raise Rejected(417, "unsupported expectation")
@@ -361,6 +370,9 @@ def check_fields(
         kept.append((name, value))
     if trailer:
         return kept
+    if "HOST" not in seen and request.version >= (1, 1):
+        # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
+        raise Rejected(400, "HTTP/1.1 request without Host")
     if scheme is not None:
         request.scheme = scheme
     request.headers = kept
