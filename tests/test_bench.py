@@ -78,6 +78,8 @@ def test_format_value() -> None:
     assert stats.format_value(123.45) == "123.5"
     assert stats.format_value(1.234) == "1.23"
     assert stats.format_value(0.001234) == "0.00123"
+    assert stats.format_value(0.99998) == "1.000"  # Jain's index: not rounded up to "1"
+    assert stats.format_value(0.9634) == "0.963"
     assert stats.format_value(99.6, "%") == "100%"
     assert stats.format_value(None) == "-"
     assert stats.format_value(math.nan) == "-"
@@ -402,6 +404,13 @@ def test_every_scenario_with_the_builtin_generator(tmp_path: Path) -> None:
     check_table(proc.stdout, len(doc["table"]), LABELS)
     check_progress(proc.stderr, scenarios, LABELS)
     assert md_path.read_text().startswith("| scenario | metric | better | sync |")
+    # --from-json renders the same table again without running anything.
+    again = subprocess.run([sys.executable, "-m", "gunicorn_fdpass.bench", "--from-json",
+                            str(json_path), "--markdown", str(tmp_path / "again.md")],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == proc.stdout
+    assert (tmp_path / "again.md").read_text() == md_path.read_text()
     assert doc["settings"]["throughput_loadgen"] == "builtin"
     assert {r["loadgen"] for r in doc["results"]} == {"builtin", "builtin-open-loop"}
 

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. --gunicorn-arg=--keep-alive=5")
     p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON")
     p.add_argument("--markdown", default=None, help="write the table as Markdown")
+    p.add_argument("--from-json", default=None, metavar="PATH",
+                   help="run nothing: render the table, --markdown and --plots of a report "
+                        "written earlier with --json")
     p.add_argument("--plots", default=None, metavar="DIR",
                    help="write PNG plots into DIR (needs matplotlib: pip install "
                         "'gunicorn-fdpass[plots]')")
@@ -378,7 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 if any scenario failed)."""
     args = build_parser().parse_args(argv)
     progress = sys.stderr
-    doc = run(args, progress)
+    if args.from_json:
+        doc = json.loads(Path(args.from_json).read_text())
+        if doc.get("schema") != SCHEMA:
+            raise SystemExit(f"{args.from_json}: not a {SCHEMA} report")
+        args.json_path = None
+    else:
+        doc = run(args, progress)
     labels = [w["label"] for w in doc["workers"]]
     rows = rows_from_report(doc)
     print(format_table(rows, labels, doc["baseline"]))

@@ -108,7 +108,8 @@ class Row:
 
 
 def format_value(value: float | None, unit: str = "") -> str:
-    """A number in a width suited to its size: ``12345``, ``123.4``, ``1.23``, ``0.0012``."""
+    """A number in a width suited to its size: ``12345``, ``123.4``, ``1.23``, ``0.987``,
+    ``0.00123``."""
     if value is None or math.isnan(value):
         return "-"
     if math.isinf(value):
@@ -120,6 +121,8 @@ def format_value(value: float | None, unit: str = "") -> str:
         text = f"{value:.1f}"
     elif magnitude >= 1 or magnitude == 0:
         text = f"{value:.2f}"
+    elif magnitude >= 0.01:
+        text = f"{value:.3f}"
     else:
         text = f"{value:.3g}"
     return text + ("%" if unit == "%" else "")
