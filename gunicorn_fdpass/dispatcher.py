@@ -303,27 +303,24 @@ class Dispatcher:
         self._dispatch(now)
 
     def begin_shutdown(self) -> None:
-        """Graceful stop: accept nothing more, close idle connections, finish the rest.
+        """Graceful stop: accept nothing more; serve what is queued or in a worker.
 
-        Connections already queued or in a worker are still served (see :meth:`drained`);
-        workers are told to end each connection after its current response.
+        Workers are told to end each connection after its current response. Idle
+        connections stay watched meanwhile, so that a request already on its way on one
+        is still served rather than cut off; :meth:`close` ends the idle rest.
         """
         if self._shutting_down:
             return
         self._shutting_down = True
         self._pause_accepting()
-        for conn in self._idle:
-            self._drop(conn)
-        for conn in self._new:
-            if not self._has_bytes(conn):
-                self._drop(conn)  # silent so far: nothing to finish
         for link in self._links:
             self._tell(link, protocol.Closing())
 
     def drained(self) -> bool:
-        """True once nothing is queued, watched, or being served by a worker."""
-        return not (self._queue or self._watched
-                    or any(self._scheduler.busy(link) for link in self._links))
+        """True once nothing is queued, in a worker, or half-received."""
+        if self._queue or any(self._scheduler.busy(link) for link in self._links):
+            return False
+        return not any(self._has_bytes(conn) for conn in self._watched.values())
 
     def close(self) -> None:
         """Close everything the dispatcher owns (master shutdown)."""
@@ -513,7 +510,7 @@ class Dispatcher:
         self._queue.append(conn)
 
     def _park(self, conn: ClientConnection) -> None:
-        if self._settings.keepalive <= 0 or self._shutting_down:
+        if self._settings.keepalive <= 0:
             conn.close()
         elif head_complete(conn.prefix):
             # A pipelined request the worker left unserved (its burst was used up): it needs

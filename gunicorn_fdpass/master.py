@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gunicorn import sock as gunicorn_sock
+
 from . import settings as fdpass_settings
 from .channel import Channel
 from .config import max_header_bytes
@@ -206,20 +208,30 @@ class _MasterLoop:
     def _drain(self, deadline: float) -> None:
         """Keep dispatching until every queued and in-flight request is answered.
 
-        Gunicorn then signals the (idle) workers and closes the listeners. A SIGINT or
+        The listeners close first, so that new clients are refused at once instead of
+        waiting in a backlog nobody accepts from (after USR2 the new master still
+        accepts on its own copies). Gunicorn then signals the now idle workers. A SIGINT or
         SIGQUIT meanwhile cuts the wait short, as it does Gunicorn's own graceful wait.
         """
+        arbiter = self.arbiter
         self.dispatcher.begin_shutdown()
-        self.arbiter.log.info("fdpass: no longer accepting; finishing queued and "
-                              "in-flight requests")
+        # The same rule as Gunicorn's stop(): a unix socket path stays while another
+        # master (USR2) or systemd still relies on it.
+        unlink = (arbiter.reexec_pid == arbiter.master_pid == 0 and not arbiter.systemd
+                  and not arbiter.cfg.reuse_port)
+        gunicorn_sock.close_sockets(arbiter.LISTENERS, unlink)
+        arbiter.LISTENERS = []
+        self.dispatcher.set_listeners([])
+        arbiter.log.info("fdpass: listeners closed; finishing queued and in-flight requests")
         quick = (signal.SIGINT, signal.SIGQUIT)
         while not self.dispatcher.drained() and time.monotonic() < deadline:
-            pending = _drain_queue(self.arbiter.SIG_QUEUE)
+            pending = _drain_queue(arbiter.SIG_QUEUE)
             for sig in pending:
-                self.arbiter.SIG_QUEUE.put_nowait(sig)  # Gunicorn's own stop loop reads them
+                arbiter.SIG_QUEUE.put_nowait(sig)  # Gunicorn's own stop loop reads them
             if any(sig in quick for sig in pending):
-                return
+                break
             self.dispatcher.poll(min(0.1, deadline - time.monotonic()))
+        self.dispatcher.close()  # what is left is idle: end it before the workers go
 
     def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
         """Replacement for ``Arbiter.wait_for_signals`` that keeps dispatching meanwhile."""
