@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -34,10 +36,27 @@ def _all_serving(srv: GunicornServer) -> list[int]:
     return sorted(pids)
 
 
+def _idle_in_the_masters_view(stats_file: Path, since: float) -> None:
+    """Wait for a stats report, written after ``since``, that shows no busy worker."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            stats = json.loads(stats_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            stats = None
+        if stats and stats["time"] > since and stats["busy"] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the master never reported idle workers")
+
+
 def test_connection_sent_to_a_worker_that_dies_before_taking_it_is_served_by_another(
-        make_server) -> None:
-    srv: GunicornServer = make_server(workers=2)
+        make_server, tmp_path: Path) -> None:
+    stats_file = tmp_path / "stats.json"
+    srv: GunicornServer = make_server(workers=2, env={"FDPASS_STATS_FILE": str(stats_file)})
     stopped, other = _all_serving(srv)
+    # Stop it only once the master counts it free, or nothing would be sent to it.
+    _idle_in_the_masters_view(stats_file, time.time())
     os.kill(stopped, signal.SIGSTOP)  # it cannot take anything sent to it now
     try:
         n = 4
