@@ -96,12 +96,28 @@ def test_partial_head_gets_408_from_the_master(make_server) -> None:
     assert srv.get("/pid").status == 200
 
 
-def test_parked_connections_survive_worker_restarts(make_server) -> None:
-    srv: GunicornServer = make_server(workers=2)
+def _wait_parked(path: Path, count: int) -> None:
+    """Wait until the master's live numbers show ``count`` parked connections."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stats = _read_stats(path)
+        if stats and stats["parked"] == count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never {count} parked: {_read_stats(path)}")
+
+
+def test_parked_connections_survive_worker_restarts(make_server, stats_path: Path) -> None:
+    srv: GunicornServer = make_server(workers=2, args=["--keep-alive", "30"],
+                                      env={"FDPASS_STATS_FILE": str(stats_path)})
     conns = [srv.connect() for _ in range(6)]
     try:
         for conn in conns:
             assert _get_on(conn)[0] == 200
+        # A worker hands an idle connection back right after its response; kill the workers
+        # only once the master holds all six (before that, a worker's death takes the
+        # connection it still holds with it).
+        _wait_parked(stats_path, 6)
         old = srv.worker_pids()
         for pid in old:
             os.kill(pid, signal.SIGKILL)
