@@ -27,7 +27,10 @@ def test_statsd_receives_the_dispatchers_metrics(make_server) -> None:
         wanted = {"fdpass.queued", "fdpass.parked", "fdpass.waiting_for_head", "fdpass.busy",
                   "fdpass.workers", "fdpass.dispatched", "fdpass.accepted",
                   "fdpass.queue_wait_max_ms"}
-        while not wanted <= names.keys() and time.monotonic() < deadline:
+        def per_worker() -> bool:
+            return any(n.startswith("fdpass.worker.") and n.endswith(".busy") for n in names)
+
+        while not (wanted <= names.keys() and per_worker()) and time.monotonic() < deadline:
             try:
                 packet = udp.recv(65536).decode()
             except TimeoutError:
@@ -38,7 +41,7 @@ def test_statsd_receives_the_dispatchers_metrics(make_server) -> None:
     assert wanted <= names.keys(), sorted(names)
     assert names["fdpass.workers"].endswith("|g")
     assert "|c" in names["fdpass.dispatched"]
-    assert any(n.startswith("fdpass.worker.") and n.endswith(".busy") for n in names)
+    assert per_worker(), sorted(names)
 
 
 def test_stats_file_has_the_live_numbers(make_server, tmp_path: Path) -> None:
