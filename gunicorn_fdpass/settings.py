@@ -48,6 +48,11 @@ class FdpassSettings:
     io_timeout: float = 10.0
     #: If set, the master writes its live numbers (JSON) to this file once a second.
     stats_file: str = ""
+    #: Bytes of a chunked request body a worker buffers (spooling to a temporary file past
+    #: 1 MiB) so that the application gets a CONTENT_LENGTH -- frameworks such as Django
+    #: ignore ``wsgi.input_terminated`` and read nothing otherwise. Larger bodies get 413.
+    #: 0 streams chunked bodies unbuffered, as Gunicorn's own workers do.
+    max_chunked_body: int = 64 * 1024 * 1024
 
 
 def _positive(kind: Callable[[str], Any], *, zero_ok: bool) -> Callable[[str], Any]:
@@ -68,6 +73,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "burst": _positive(int, zero_ok=False),
     "io_timeout": _positive(float, zero_ok=False),
     "stats_file": str,
+    "max_chunked_body": _positive(int, zero_ok=True),
 }
 
 
