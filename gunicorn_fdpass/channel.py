@@ -144,6 +144,14 @@ class Channel:
         return f"<Channel {state}>"
 
 
+def socket_from_fd(fd: int, family: int = 0) -> socket.socket:
+    """Wrap a received stream fd; a known ``family`` (from the message) spares the
+    ``getsockname``/``getsockopt`` calls Python otherwise makes to detect it."""
+    if family:
+        return socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd)
+    return socket.socket(fileno=fd)
+
+
 def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, data in ancdata:

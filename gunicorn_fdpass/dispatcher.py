@@ -34,7 +34,7 @@ from enum import Enum
 from typing import Any, Final
 
 from . import protocol
-from .channel import Channel, Received
+from .channel import Channel, Received, socket_from_fd
 from .errors import PeerGone, ProtocolError
 from .head import END_OF_HEAD, head_complete
 from .scheduler import Scheduler
@@ -434,8 +434,8 @@ class Dispatcher:
                 self.log.error("a parked connection from worker %s arrived without its fd "
                                "(master out of fds?); the client is disconnected", link.pid)
                 return
-            self._park(ClientConnection(message.conn_id, socket.socket(fileno=received.fd),
-                                        message.leftover))
+            sock = socket_from_fd(received.fd, message.family)
+            self._park(ClientConnection(message.conn_id, sock, message.leftover))
         elif isinstance(message, protocol.Refused):
             conn = link.untaken.pop(message.conn_id, None)
             self._scheduler.release(link)
@@ -543,8 +543,9 @@ class Dispatcher:
                 break
             conn = queue.popleft()
             try:
-                sent = link.channel.send(protocol.Handoff(conn.conn_id, conn.prefix),
-                                         conn.sock.fileno())
+                sent = link.channel.send(
+                    protocol.Handoff(conn.conn_id, conn.prefix, conn.sock.family),
+                    conn.sock.fileno())
             except PeerGone:
                 queue.appendleft(conn)
                 self._worker_gone(link)

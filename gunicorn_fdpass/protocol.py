@@ -28,7 +28,8 @@ from typing import Final
 
 from .errors import ProtocolError
 
-# kind (u8), value (u32: capacity or pid), connection id (u64); network byte order.
+# kind (u8), value (u32: capacity, or a socket's address family), connection id (u64; a pid
+# in HELLO); network byte order.
 _HEADER: Final = struct.Struct("!BIQ")
 HEADER_SIZE: Final = _HEADER.size
 
@@ -70,10 +71,13 @@ class Handoff:
 
     ``prefix`` holds bytes of the connection that were already read (by a worker before the
     connection was parked) and must be parsed before anything read from the socket.
+    ``family`` is the socket's address family (0: unknown), which spares the receiver the
+    system calls that would otherwise detect it.
     """
 
     conn_id: int
     prefix: bytes = b""
+    family: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +105,13 @@ class Done:
 class Park:
     """Worker -> master, with the client fd: ``conn_id`` is idle between requests.
 
-    ``leftover`` holds bytes the worker read past the end of the last request.
+    ``leftover`` holds bytes the worker read past the end of the last request; ``family`` as
+    in :class:`Handoff`.
     """
 
     conn_id: int
     leftover: bytes = b""
+    family: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +145,7 @@ def encode(message: Message) -> bytes:
         conn_id = message.pid
     elif isinstance(message, Handoff):
         kind, conn_id, payload = Kind.HANDOFF, message.conn_id, message.prefix
+        value = message.family
     elif isinstance(message, Taken):
         kind, conn_id = Kind.TAKEN, message.conn_id
     elif isinstance(message, Refused):
@@ -147,10 +154,13 @@ def encode(message: Message) -> bytes:
         kind, conn_id = Kind.DONE, message.conn_id
     elif isinstance(message, Park):
         kind, conn_id, payload = Kind.PARK, message.conn_id, message.leftover
+        value = message.family
     elif isinstance(message, Draining):
         kind = Kind.DRAINING
     else:
         kind = Kind.CLOSING
+    if not 0 <= value <= _MAX_U32:
+        raise ProtocolError(f"value out of range: {value}")
     if not 0 <= conn_id <= _MAX_U64:
         raise ProtocolError(f"connection id out of range: {conn_id}")
     if len(payload) > MAX_PAYLOAD:
@@ -177,7 +187,7 @@ def decode(datagram: bytes) -> Message:
             raise ProtocolError("HELLO with zero capacity")
         return Hello(capacity=value, pid=conn_id)
     if kind is Kind.HANDOFF:
-        return Handoff(conn_id, payload)
+        return Handoff(conn_id, payload, value)
     if kind is Kind.TAKEN:
         return Taken(conn_id)
     if kind is Kind.REFUSED:
@@ -185,7 +195,7 @@ def decode(datagram: bytes) -> Message:
     if kind is Kind.DONE:
         return Done(conn_id)
     if kind is Kind.PARK:
-        return Park(conn_id, payload)
+        return Park(conn_id, payload, value)
     if kind is Kind.DRAINING:
         return Draining()
     return Closing()

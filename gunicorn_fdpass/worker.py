@@ -26,7 +26,7 @@ from gunicorn.workers import base
 
 from . import master, protocol
 from . import settings as fdpass_settings
-from .channel import Channel
+from .channel import Channel, socket_from_fd
 from .config import http_config, validate
 from .connection import Closed, Idle, RequestInfo, ResponseInfo, serve_connection
 from .errors import PeerGone
@@ -108,10 +108,9 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
                         continue
                     self.channel.send(protocol.Taken(message.conn_id))
                     if pool is None:
-                        self._serve(message.conn_id, received.fd, message.prefix)
+                        self._serve(message, received.fd)
                     else:
-                        in_flight.add(pool.submit(self._serve, message.conn_id, received.fd,
-                                                  message.prefix))
+                        in_flight.add(pool.submit(self._serve, message, received.fd))
                 in_flight = {f for f in in_flight if not f.done()}
             # Handoffs still unread in the channel were never Taken: the master gives them to
             # another worker when this channel closes.
@@ -141,8 +140,9 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
 
     # -- one connection ------------------------------------------------------------------
 
-    def _serve(self, conn_id: int, fd: int, prefix: bytes) -> None:
-        client = socket.socket(fileno=fd)
+    def _serve(self, handoff: protocol.Handoff, fd: int) -> None:
+        conn_id = handoff.conn_id
+        client = socket_from_fd(fd, handoff.family)
         parkable = True
         try:
             conn: socket.socket = client
@@ -153,14 +153,15 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
                     suppress_ragged_eofs=self.cfg.suppress_ragged_eofs,
                     do_handshake_on_connect=self.cfg.do_handshake_on_connect)
                 parkable = False
-            outcome = serve_connection(conn, prefix, self.wsgi, self.http, self, self.log)
+            outcome = serve_connection(conn, handoff.prefix, self.wsgi, self.http, self, self.log)
         except Exception:
             self.log.exception("Error serving connection")
             outcome = Closed()
         try:
             if (isinstance(outcome, Idle) and parkable
                     and len(outcome.leftover) <= protocol.MAX_PAYLOAD):
-                self.channel.send(protocol.Park(conn_id, outcome.leftover), client.fileno())
+                self.channel.send(protocol.Park(conn_id, outcome.leftover, client.family),
+                                  client.fileno())
                 client.close()
             else:
                 client.close()

@@ -190,7 +190,7 @@ def test_parked_connection_returns_to_a_worker_when_data_arrives(rig: Rig) -> No
     assert w.recv() is None  # idle: nothing is dispatched
     client.sendall(b"TP/1.1\r\n\r\n")
     again = recv_until(w, rig)
-    assert again.message == protocol.Handoff(conn_id, b"GET / HT")
+    assert again.message == protocol.Handoff(conn_id, b"GET / HT", socket.AF_INET)
     assert again.fd is not None
     socket.socket(fileno=again.fd).close()
 

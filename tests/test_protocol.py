@@ -15,11 +15,11 @@ ids = st.integers(min_value=0, max_value=2**64 - 1)
 payloads = st.binary(max_size=protocol.MAX_PAYLOAD)
 messages = st.one_of(
     st.builds(protocol.Hello, st.integers(1, 2**32 - 1), st.integers(0, 2**32)),
-    st.builds(protocol.Handoff, ids, payloads),
+    st.builds(protocol.Handoff, ids, payloads, st.integers(0, 2**32 - 1)),
     st.builds(protocol.Taken, ids),
     st.builds(protocol.Refused, ids),
     st.builds(protocol.Done, ids),
-    st.builds(protocol.Park, ids, payloads),
+    st.builds(protocol.Park, ids, payloads, st.integers(0, 2**32 - 1)),
     st.just(protocol.Draining()),
     st.just(protocol.Closing()),
 )
