@@ -77,6 +77,18 @@ def consume_request(fd: int) -> None:
         assert sock.recv(65536) == GET
 
 
+def take_and_park(w: Channel, rig: Rig, leftover: bytes = b"") -> int:
+    """Act as a worker: take the next handoff, read its request, park it back. Returns its id."""
+    got = recv_until(w, rig)
+    assert isinstance(got.message, protocol.Handoff) and got.fd is not None
+    conn_id = got.message.conn_id
+    w.send(protocol.Taken(conn_id))
+    consume_request(got.fd)
+    w.send(protocol.Park(conn_id, leftover, socket.AF_INET), got.fd)
+    os.close(got.fd)
+    return conn_id
+
+
 def recv_until(channel: Channel, rig: Rig, timeout: float = 2.0) -> Received:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -178,13 +190,7 @@ def test_refused_handoff_is_retried_then_answered_503(rig: Rig) -> None:
 def test_parked_connection_returns_to_a_worker_when_data_arrives(rig: Rig) -> None:
     w = rig.worker(capacity=1)
     client = rig.connect()
-    got = recv_until(w, rig)
-    assert got.fd is not None
-    conn_id = got.message.conn_id  # type: ignore[union-attr]
-    w.send(protocol.Taken(conn_id))
-    consume_request(got.fd)
-    w.send(protocol.Park(conn_id, b"GET / HT"), got.fd)
-    socket.socket(fileno=got.fd).close()
+    conn_id = take_and_park(w, rig, leftover=b"GET / HT")
     rig.spin()
     assert rig.dispatcher.counts()["parked"] == 1
     assert w.recv() is None  # idle: nothing is dispatched
@@ -198,12 +204,7 @@ def test_parked_connection_returns_to_a_worker_when_data_arrives(rig: Rig) -> No
 def test_parked_connection_closes_when_client_hangs_up(rig: Rig) -> None:
     w = rig.worker(capacity=1)
     client = rig.connect()
-    got = recv_until(w, rig)
-    assert got.fd is not None
-    w.send(protocol.Taken(got.message.conn_id))  # type: ignore[union-attr]
-    consume_request(got.fd)
-    w.send(protocol.Park(got.message.conn_id), got.fd)  # type: ignore[union-attr]
-    socket.socket(fileno=got.fd).close()
+    take_and_park(w, rig)
     rig.spin()
     client.close()
     rig.spin()
@@ -216,12 +217,7 @@ def test_idle_parked_connection_expires_after_keepalive() -> None:
     try:
         w = rig.worker(capacity=1)
         client = rig.connect()
-        got = recv_until(w, rig)
-        assert got.fd is not None
-        w.send(protocol.Taken(got.message.conn_id))  # type: ignore[union-attr]
-        consume_request(got.fd)
-        w.send(protocol.Park(got.message.conn_id), got.fd)  # type: ignore[union-attr]
-        socket.socket(fileno=got.fd).close()
+        take_and_park(w, rig)
         start = time.monotonic()
         client.settimeout(3)
         while rig.dispatcher.counts()["parked"] or time.monotonic() - start < 0.1:
@@ -294,12 +290,7 @@ def test_worker_connections_cap_evicts_the_oldest_idle_parked_connection() -> No
     try:
         w = rig.worker(capacity=1)
         first = rig.connect()
-        got = recv_until(w, rig)
-        assert got.fd is not None
-        consume_request(got.fd)
-        w.send(protocol.Taken(got.message.conn_id))  # type: ignore[union-attr]
-        w.send(protocol.Park(got.message.conn_id), got.fd)  # type: ignore[union-attr]
-        socket.socket(fileno=got.fd).close()
+        take_and_park(w, rig)
         rig.spin()
         assert rig.dispatcher.counts()["parked"] == 1
         rig.connect(send=b"")  # holds slot 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import os
-import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.support.http import (
     request,
 )
 from tests.support.server import GunicornServer, is_our_worker, worker_class_under_test
+from tests.support.wait import poll, read_text
 
 pytestmark = pytest.mark.integration
 
@@ -48,24 +48,6 @@ def post_request(worker, req, environ, resp):
     _log("post %s %s %s pid=%d path_info=%s" % (
         req.method, req.path, str(resp.status)[:3], os.getpid(), environ.get("PATH_INFO")))
 """
-
-
-def poll(predicate, timeout: float = 5.0, interval: float = 0.02):
-    """Call ``predicate`` until it returns a truthy value (returned) or time runs out
-    (returns the last falsy value)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-def read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,9 @@ import pytest
 from tests.support.http import RawHTTPConnection
 from tests.support.load import Load, connect_refused
 from tests.support.server import GunicornServer, pid_alive
+from tests.support.wait import poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.ours_only]
-
-
-def _poll(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _assert_nothing_lost(load: Load) -> None:
@@ -43,7 +35,7 @@ def test_hup_reloads_workers_under_load_and_keeps_parked_connections(make_server
         with Load(srv.port) as load:
             load.wait_answered(40)
             srv.signal(signal.SIGHUP)
-            assert _poll(lambda: not old & set(srv.worker_pids())), srv.worker_pids()
+            assert poll(lambda: not old & set(srv.worker_pids())), srv.worker_pids()
             load.wait_answered(40)
         _assert_nothing_lost(load)
         assert {int(p) for p in load.result.pids} - old  # new workers took new work
@@ -56,12 +48,12 @@ def test_ttin_and_ttou_change_the_worker_count_under_load(make_server) -> None:
     with Load(srv.port) as load:
         load.wait_answered(20)
         srv.signal(signal.SIGTTIN)
-        assert _poll(lambda: len(srv.worker_pids()) == 3)
+        assert poll(lambda: len(srv.worker_pids()) == 3)
         load.wait_answered(40)
         srv.signal(signal.SIGTTOU)
-        assert _poll(lambda: len(srv.worker_pids()) == 2)
+        assert poll(lambda: len(srv.worker_pids()) == 2)
         srv.signal(signal.SIGTTOU)  # one at a time: pending signals of a kind coalesce
-        assert _poll(lambda: len(srv.worker_pids()) == 1)
+        assert poll(lambda: len(srv.worker_pids()) == 1)
         load.wait_answered(40)
     _assert_nothing_lost(load)
 
@@ -106,10 +98,10 @@ def _usr2_then_term(srv: GunicornServer) -> None:
     with Load(srv.port) as load:
         load.wait_answered(20)
         srv.signal(signal.SIGUSR2)
-        assert _poll(lambda: len(srv.booted_pids()) >= 4, timeout=15), srv.log_text()
+        assert poll(lambda: len(srv.booted_pids()) >= 4, timeout=15), srv.log_text()
         load.wait_answered(40)
         os.kill(old_master, signal.SIGTERM)
-        assert _poll(lambda: not pid_alive(old_master) or srv.returncode is not None, 20)
+        assert poll(lambda: not pid_alive(old_master) or srv.returncode is not None, 20)
         load.wait_answered(40)  # the new master serves alone now
     _assert_nothing_lost(load)
 
@@ -120,11 +112,11 @@ def test_term_finishes_queued_and_in_flight_requests_then_exits_0(make_server) -
     assert idle.request("GET", "/pid", {"Host": "x"}).status == 200  # parked, idle
     with ThreadPoolExecutor(5) as pool:
         futures = [pool.submit(srv.get, "/sleep?s=0.3", timeout=30) for _ in range(5)]
-        assert _poll(lambda: "sleeping" in srv.get("/", timeout=5).text or True, 1)
+        assert poll(lambda: "sleeping" in srv.get("/", timeout=5).text or True, 1)
         time.sleep(0.1)  # let all five reach the master before TERM
         srv.signal(signal.SIGTERM)
         term_at = time.monotonic()
-        assert _poll(lambda: connect_refused(srv.port) or srv.returncode is not None, 5)
+        assert poll(lambda: connect_refused(srv.port) or srv.returncode is not None, 5)
         stopped_accepting = time.monotonic() - term_at
         statuses = [f.result(timeout=30).status for f in futures]
     assert statuses == [200] * 5
@@ -152,13 +144,13 @@ def test_usr1_reopens_log_files(make_server, tmp_path: Path) -> None:
     access = tmp_path / "access.log"
     srv: GunicornServer = make_server(workers=1, args=["--access-logfile", str(access)])
     assert srv.get("/pid").status == 200
-    assert _poll(lambda: access.exists() and "GET /pid" in access.read_text())
+    assert poll(lambda: access.exists() and "GET /pid" in access.read_text())
     rotated = tmp_path / "access.log.1"
     access.rename(rotated)
     srv.signal(signal.SIGUSR1)
     srv.wait_for_log(r"Handling signal: usr1", timeout=5)
-    assert _poll(lambda: access.exists(), 5)  # the master reopened it
-    assert _poll(lambda: srv.get("/pid?after").status == 200 and
+    assert poll(lambda: access.exists(), 5)  # the master reopened it
+    assert poll(lambda: srv.get("/pid?after").status == 200 and
                  "GET /pid?after" in access.read_text(), 10)
     assert "GET /pid?after" not in rotated.read_text()
 
@@ -181,7 +173,7 @@ def test_max_requests_recycles_workers_under_load_with_nothing_lost(make_server)
                                                        "--max-requests-jitter", "5"])
     first = set(srv.worker_pids())
     with Load(srv.port, clients=8, target="/sleep?s=0.01") as load:
-        assert _poll(lambda: len({int(p) for p in load.result.pids} - first) >= 4, 30)
+        assert poll(lambda: len({int(p) for p in load.result.pids} - first) >= 4, 30)
     _assert_nothing_lost(load)
 
 

@@ -12,7 +12,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -28,24 +27,9 @@ from tests.support.server import (
     unix_inodes,
     worker_class_under_test,
 )
+from tests.support.wait import poll, read_text
 
 pytestmark = pytest.mark.integration
-
-
-def poll(predicate, timeout: float = 5.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-def read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
 
 
 @pytest.fixture(scope="module")
