@@ -54,6 +54,8 @@ _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, 
 _PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _WATCH_EVENTS: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _TLS_HANDSHAKE: Final = 0x16
+#: The client closed its side or the connection failed: a head in progress cannot complete.
+_HUNG_UP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +157,8 @@ class WorkerLink:
         return f"<WorkerLink pid={self.pid or '?'}>"
 
 
-Handler = Callable[[Any], None]
+#: An event handler: called with the object it was registered for and the epoll event mask.
+Handler = Callable[[Any, int], None]
 
 
 class Dispatcher:
@@ -294,10 +297,10 @@ class Dispatcher:
         except InterruptedError:
             events = []
         handlers = self._handlers
-        for fd, _ in events:
+        for fd, mask in events:
             entry = handlers.get(fd)
             if entry is not None:  # else unregistered by an earlier event of this batch
-                entry[0](entry[1])
+                entry[0](entry[1], mask)
         now = time.monotonic()
         self._expire(now)
         self._dispatch(now)
@@ -351,14 +354,14 @@ class Dispatcher:
 
     # -- events --------------------------------------------------------------------------
 
-    def _on_wake(self, _: None) -> None:
+    def _on_wake(self, _: None, __: int) -> None:
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
 
-    def _on_listener(self, listener: socket.socket) -> None:
+    def _on_listener(self, listener: socket.socket, _: int) -> None:
         for _ in range(ACCEPT_BATCH):
             if not self._room_for_one_more():
                 # Back-pressure: let clients wait in the kernel backlog, not in our memory.
@@ -392,9 +395,11 @@ class Dispatcher:
             else:
                 conn.close()
 
-    def _on_client(self, conn: ClientConnection) -> None:
+    def _on_client(self, conn: ClientConnection, events: int) -> None:
         verdict = self._inspect(conn)
-        if verdict is _Verdict.GONE:
+        if verdict is _Verdict.GONE or (verdict is _Verdict.WAIT and events & _HUNG_UP):
+            # A peek keeps returning the unread partial head, so it cannot see that the
+            # client closed or reset meanwhile; epoll's hang-up flags can.
             self._drop(conn)
         elif verdict is _Verdict.READY:
             self._unwatch(conn)
@@ -404,7 +409,7 @@ class Dispatcher:
             self._idle.remove(conn)
             self._started.add(conn, time.monotonic())
 
-    def _on_channel(self, link: WorkerLink) -> None:
+    def _on_channel(self, link: WorkerLink, _: int) -> None:
         while True:
             try:
                 received = link.channel.recv()

@@ -371,3 +371,16 @@ def test_graceful_shutdown_serves_queued_work_then_closes_idle(rig: Rig) -> None
     assert idle.recv(1) == b""  # ...and is closed at the end
     late.close()
     del busy_client, queued
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_client_hanging_up_mid_head_is_released_at_once(rig: Rig, reset: bool) -> None:
+    client = rig.connect(send=b"GET / HTTP/1.1\r\nHost: t\r\n")
+    rig.spin()
+    assert rig.dispatcher.counts()["waiting_for_head"] == 1
+    if reset:  # SO_LINGER 0: the close sends a reset
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    client.close()
+    rig.spin()
+    assert rig.dispatcher.counts()["waiting_for_head"] == 0
+    assert rig.dispatcher.stats["timed_out"] == 0  # dropped on the hang-up, not the timer

@@ -290,10 +290,6 @@ def test_master_fd_count_flat_after_100k_mixed_connections(make_server, stats_pa
     assert after_workers == before_workers
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the master peeks (MSG_PEEK) at a partial head, so the FIN/RST behind the unread "
-    "bytes is never seen; the connection holds an fd and a worker_connections slot until "
-    "FDPASS_HEAD_TIMEOUT"))
 @pytest.mark.parametrize("hangup", ["reset", "fin"])
 def test_partial_head_then_hangup_is_released_promptly(make_server, stats_path: Path,
                                                        hangup: str) -> None:
