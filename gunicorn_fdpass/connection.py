@@ -1,16 +1,34 @@
-"""HTTP/1.1 on one client socket: request heads and bodies framed by this package's own strict
-parser (:mod:`~gunicorn_fdpass.request_rules`, :mod:`~gunicorn_fdpass.body_framing`), calling a
-WSGI application and framing its response.
+"""HTTP/1.1 on one client socket with h11, behind this package's strict request validator,
+calling a WSGI application.
 
 :func:`serve_connection` is the only entry point. It owns the conversation but not the file
 descriptor: it ends either with :class:`Closed` (after ``shutdown(SHUT_WR)``; the caller closes
 the fd) or with :class:`Idle` (the connection is reusable and nothing complete is waiting; the
 caller parks the socket together with the bytes already read).
 
-Why not h11 for requests: one parser must decide both *whether* a request is acceptable and
-*where* it ends. Validating with one parser and framing with another is exactly the kind of
-disagreement request smuggling feeds on, and h11 both accepts requests Gunicorn refuses and
-refuses some Gunicorn serves (``Transfer-Encoding: gzip, chunked``, PROXY headers).
+Who does what:
+
+- :mod:`~gunicorn_fdpass.request_rules` finds the end of each request head and accepts or
+  refuses it with Gunicorn's rules and statuses (PROXY protocol lines are consumed before, by
+  :mod:`~gunicorn_fdpass.proxy_protocol`). A refused head never reaches h11 or the application.
+- h11 is the HTTP/1.1 engine: it frames the request body (``Data``/``EndOfMessage``), tracks
+  keep-alive and ``100-continue``, and frames every response (Content-Length, chunked or
+  close-delimited; HEAD, 204 and 304 without a body).
+
+**Invariant.** For every accepted request, the validator's framing decision and h11's are
+identical, because h11 never sees the client's header fields: it gets a head regenerated from
+the validator's decision (:func:`~gunicorn_fdpass.body_framing.h11_head`) with exactly one
+framing field, ``Content-Length: N`` or ``Transfer-Encoding: chunked`` (so ``Transfer-Encoding:
+gzip, chunked`` is presented as ``chunked``, ``Content-Length: 5, 5`` as ``5``). The bytes after
+the head go to h11, which alone decides where the body ends; the bytes after the body come back
+from h11 (``trailing_data``) and start the next request. If h11 refuses a head the validator
+accepted (a Content-Length of 20 digits or more), the request is answered with h11's
+``error_status_hint`` and the connection closes: there is no second framer to fall back on.
+
+HTTP/1.0 keep-alive: h11 never keeps an HTTP/1.0 connection open. When the client asked for
+it and the response has a length, the response head is serialized here with
+``Connection: keep-alive`` (h11 still frames the body) and a fresh h11 connection takes over
+the following bytes.
 
 Client misbehaviour and socket errors never escape as exceptions: they are logged and end the
 connection.
@@ -28,11 +46,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from enum import Enum
 from http import HTTPStatus
 from typing import IO, Any, Protocol, cast
 
+import h11
+
 from . import proxy_protocol
-from .body_framing import BodyDecoder, LengthDecoder, decoder_for
+from .body_framing import RequestBody, start_request
 from .proxy_protocol import ProxyInfo
 from .request_rules import (
     AddressAllowList,
@@ -52,6 +73,7 @@ from .wsgi import (
 )
 
 __all__ = [
+    "After",
     "Closed",
     "HttpConfig",
     "Idle",
@@ -150,7 +172,22 @@ class RequestHooks(Protocol):
         request_time: datetime.timedelta,
     ) -> None: ...
 
-    def request_started(self) -> bool: ...
+    def request_started(self) -> After:
+        """Count a request that is about to be served; say what happens after it."""
+        ...
+
+
+class After(Enum):
+    """What the worker wants once the current request is answered (``request_started``)."""
+
+    #: Serve further requests on this connection as usual.
+    CONTINUE = "continue"
+    #: This worker serves no further request (``max_requests`` reached): finish this response
+    #: with keep-alive intact, then return :class:`Idle` at once, so the master keeps the
+    #: connection for another worker.
+    HAND_BACK = "hand back"
+    #: The server is stopping: answer with ``Connection: close`` and return :class:`Closed`.
+    CLOSE = "close"
 
 
 @dataclass(frozen=True)
@@ -184,6 +221,17 @@ class _PeerGone(Exception):
 
 class _Abort(Exception):
     """The response cannot be completed correctly (already logged): drop the connection."""
+
+
+class _Placeholder:
+    """Stands for body bytes that went out with sendfile(), so h11 can count them (h11's
+    ``send_with_data_passthrough`` only takes ``len()`` of the data it does not write)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -248,21 +296,25 @@ class _Handler:
         self.rules = config.rules
         self.hooks = hooks
         self.log = log
+        self.conn = self._new_h11()
         self.server_addr = _address(sock.getsockname)
         self.client_addr = _address(sock.getpeername)
         # Per connection, not per request: the peer cannot change.
         self.trusted = self.rules.forwarded_allow.allows(self.client_addr)
         # sendfile() and the pre-close discard need the raw socket, not a TLS session.
         self.plain = not isinstance(sock, ssl.SSLSocket)
-        self.buf = bytearray()  # received, not yet consumed
+        self.buf = bytearray()  # received, not yet given to h11 or the validator
         self.eof = False  # the client shut its sending side
         self.proxy: ProxyInfo | None = None
         self.dead = False  # a send failed: the connection can carry nothing more
         self.aborted = False  # already shut down in both directions
-        self.decoder: BodyDecoder = LengthDecoder(0)
+        self.body: RequestBody | None = None  # the current request's body, read through h11
         self.body_error: RequestBodyError | None = None
-        self.body_received = 0
-        self.continue_pending = False  # the client waits for 100 Continue before the body
+
+    def _new_h11(self) -> h11.Connection:
+        # h11 only ever buffers an incomplete chunk-size line or trailer section here (heads
+        # are complete when it gets them): bound them like Gunicorn bounds a header section.
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.rules.max_header_block)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -283,10 +335,14 @@ class _Handler:
             if not isinstance(got, ParsedRequest):
                 return got
             served += 1
-            if not self._serve_request(got):
+            after = self._serve_request(got)
+            if after is After.CLOSE:
                 return self._close()
+            if after is After.HAND_BACK:
+                return self._idle()
 
     def _idle(self) -> Idle:
+        # h11 holds nothing here: every byte not yet part of a request is in self.buf.
         leftover = bytes(self.buf)
         if self.config.proxy_protocol != "off":
             # What the PROXY header said must survive the connection being parked.
@@ -332,7 +388,7 @@ class _Handler:
         return True
 
     def _next_request(self, blocking: bool) -> ParsedRequest | Closed | Idle:
-        """Parse the next request head, reading as needed.
+        """Read and validate the next request head, then hand it to h11.
 
         When not ``blocking`` (every request after the first), only data that is already
         buffered or readable right now counts; otherwise the connection is Idle.
@@ -344,7 +400,12 @@ class _Handler:
                 if end >= 0:
                     head = bytes(self.buf[:end])
                     del self.buf[:end]
-                    return parse_head(head, self.rules, trusted=self.trusted)
+                    request = parse_head(head, self.rules, trusted=self.trusted)
+                    self.body = start_request(
+                        self.conn, request, self.rules, close=_close_requested(request)
+                    )
+                    self.body_error = None
+                    return request
             except Rejected as exc:
                 self._reject(exc)
                 return self._close()
@@ -370,29 +431,26 @@ class _Handler:
         except (OSError, ValueError):
             return True  # let recv() report the problem
 
-    def _serve_request(self, request: ParsedRequest) -> bool:
-        """Run the application for one request; True if the connection can be reused."""
+    def _serve_request(self, request: ParsedRequest) -> After:
+        """Run the application for one request; say what happens to the connection next."""
         started = time.monotonic()
-        self.decoder = decoder_for(request, self.rules)
-        self.body_error = None
-        self.body_received = 0
-        self.continue_pending = request.expect_continue and not self.decoder.done
         try:
-            close_after = self.hooks.request_started()
+            after = self.hooks.request_started()
         except Exception:
             self.log.exception("Error in request_started hook")
-            close_after = True
+            after = After.CLOSE
 
         spooled: IO[bytes] | None = None
         if request.chunked and self.config.max_chunked_body > 0:
             spooled = self._buffer_chunked_body()
             if spooled is None:
-                return False
+                return After.CLOSE
         try:
-            return self._respond(request, started, close_after, spooled)
+            reusable = self._respond(request, started, after is After.CLOSE, spooled)
         finally:
             if spooled is not None:
                 spooled.close()
+        return after if reusable else After.CLOSE
 
     def _respond(
         self,
@@ -401,6 +459,7 @@ class _Handler:
         close_after: bool,
         spooled: IO[bytes] | None,
     ) -> bool:
+        """Run the application and send its response; True if the connection can be reused."""
         req = self._request_info(request)
         wsgi_input: Any = spooled
         if spooled is None:
@@ -420,25 +479,19 @@ class _Handler:
         )
         if spooled is not None:
             # The body is now length-delimited; a proxying application must not forward both.
-            environ["CONTENT_LENGTH"] = str(self.body_received)
+            assert self.body is not None
+            environ["CONTENT_LENGTH"] = str(self.body.received)
             environ.pop("HTTP_TRANSFER_ENCODING", None)
         if self.proxy is not None:
             environ.update(self.proxy.environ())
-        connection_tokens = {
-            token.strip(" \t").lower()
-            for name, value in request.headers
-            if name == "CONNECTION"
-            for token in value.split(",")
-        }
+        tokens = _connection_tokens(request)
         http10 = request.version < (1, 1)
-        keep_alive_10 = (
-            http10 and "keep-alive" in connection_tokens and "close" not in connection_tokens
-        )
+        keep_alive_10 = http10 and "keep-alive" in tokens and "close" not in tokens
         want_close = (
             close_after
             or not self.config.keepalive
             or request.must_close
-            or "close" in connection_tokens
+            or "close" in tokens
             or (http10 and not keep_alive_10)
         )
         resp = _Response(self, request, want_close=want_close, keep_alive_10=keep_alive_10)
@@ -461,17 +514,38 @@ class _Handler:
                     self.log.exception("Error in access hook")
         if not resp.finished or resp.must_close or self.dead or self.body_error is not None:
             return False
-        return self._drain_body()
+        return self._drain_body() and self._next_cycle(resp.keep_alive_10)
+
+    def _next_cycle(self, keep_alive_10: bool) -> bool:
+        """After a complete exchange: make h11 ready for the next request (False: close)."""
+        conn = self.conn
+        # What h11 read past this request (only a chunked body's feed can leave some) belongs
+        # to the next one, which the validator sees first: take it back in front of the rest.
+        leftover = conn.trailing_data[0]
+        if leftover:
+            self.buf[:0] = leftover
+        states = (conn.our_state, conn.their_state)
+        if states == _BOTH_DONE and not leftover:
+            conn.start_next_cycle()
+        elif states == _BOTH_DONE or (keep_alive_10 and states == _BOTH_MUST_CLOSE):
+            # h11 holds bytes it must not parse (the next head goes to the validator first),
+            # or it ended an HTTP/1.0 exchange, after which it always closes: a fresh h11
+            # connection takes over.
+            self.conn = self._new_h11()
+        else:
+            return False
+        return True
 
     def _buffer_chunked_body(self) -> IO[bytes] | None:
         """Read a whole chunked body into a spooled temporary file (None: answered, close)."""
         limit = self.config.max_chunked_body
+        assert self.body is not None
         # Not a context manager: on success the file outlives this call (the caller closes it).
         spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
         try:
             self._send_100_continue()
             while chunk := self._read_body_chunk():
-                if self.body_received > limit:
+                if self.body.received > limit:
                     self.log.warning(
                         "Chunked request body from %s is over %d bytes: refused",
                         self.client_addr,
@@ -545,7 +619,7 @@ class _Handler:
         """Read and discard what the application left of the request body (bounded);
         True if the connection is then ready for the next request."""
         budget = _MAX_DRAIN
-        while not self.decoder.done:
+        while self.body is not None and not self.body.done:
             try:
                 budget -= len(self._read_body_chunk())
             except RequestBodyError:
@@ -571,32 +645,33 @@ class _Handler:
         )
 
     def _read_body_chunk(self) -> bytes:
-        """Next piece of the request body for wsgi.input; b"" at its end."""
+        """Next piece of the request body for wsgi.input (from h11); b"" at its end."""
         if self.body_error is not None:
             raise self.body_error
-        decoder = self.decoder
-        while not decoder.done:
-            if not self.buf and isinstance(decoder, LengthDecoder):
-                # Straight from the socket, never past the end of the body: no buffer copy.
-                data = self._recv_body(min(_RECV_SIZE, decoder.remaining))
-                decoder.remaining -= len(data)
-                decoder.done = decoder.remaining == 0
-            else:
-                try:
-                    data = decoder.feed(self.buf)
-                except Rejected as exc:
-                    message = f"invalid body: {exc.reason}"
-                    raise self._body_failed(message, exc.status_hint) from None
-                if not data and not decoder.done:
-                    self.buf += self._recv_body(_RECV_SIZE)
-                    continue
-            if data:
-                self.continue_pending = False
-                self.body_received += len(data)
+        body = self.body
+        assert body is not None
+        while True:
+            try:
+                data = body.next_data()
+            except Rejected as exc:
+                raise self._body_failed(f"invalid body: {exc.reason}", exc.status_hint) from None
+            if data is not None:
                 return data
-        return b""
+            # h11 needs more: from what was read already, else from the socket, and never
+            # more than it may take (for a Content-Length body: not past its end).
+            wants = body.wants()
+            if self.buf or body.chunked:
+                if not self.buf:
+                    self.buf += self._recv_body(_RECV_SIZE)
+                data = bytes(self.buf[:wants])
+                del self.buf[:wants]
+            else:
+                # Straight from the socket, never past the end of the body: no buffer copy.
+                data = self._recv_body(min(_RECV_SIZE, wants))
+            body.receive(data)
 
     def _recv_body(self, size: int) -> bytes:
+        assert self.body is not None
         if self.eof:
             data = b""
         else:
@@ -608,7 +683,7 @@ class _Handler:
                 raise self._body_failed(f"error reading the request body: {exc}") from exc
         if not data:
             self.eof = True
-            error = self.decoder.eof_error()
+            error = self.body.eof_error()
             raise self._body_failed(
                 "client closed the connection in the request body",
                 error.status_hint if error is not None else None,
@@ -621,11 +696,13 @@ class _Handler:
 
     def _send_100_continue(self) -> None:
         """Called before the first body read: the client may be waiting."""
-        if not self.continue_pending:
+        if not self.conn.they_are_waiting_for_100_continue:
             return
-        self.continue_pending = False
+        data = self.conn.send(
+            h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+        )
         try:
-            self.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.sendall(data)
         except _PeerGone as exc:
             raise self._body_failed(f"client went away: {exc}") from None
 
@@ -642,7 +719,9 @@ class _Handler:
 
     def _send_error(self, status_code: int) -> None:
         """Answer a request that could not be served (refused, timed out) and plan to close."""
-        data, _ = _error_response(status_code, self.config.server_software, False)
+        data, _ = _error_response(self.conn, status_code, self.config.server_software, False)
+        if not data:
+            return
         try:
             self.sendall(data)
         except _PeerGone as exc:
@@ -684,6 +763,27 @@ class _Handler:
             return
 
 
+_BOTH_DONE = (h11.DONE, h11.DONE)
+# How h11 leaves an HTTP/1.0 exchange, since it never keeps those connections.
+_BOTH_MUST_CLOSE = (h11.MUST_CLOSE, h11.MUST_CLOSE)
+
+
+def _connection_tokens(request: ParsedRequest) -> set[str]:
+    """The options of the request's Connection field(s), lower case."""
+    return {
+        token.strip(" \t").lower()
+        for name, value in request.headers
+        if name == "CONNECTION"
+        for token in value.split(",")
+    }
+
+
+def _close_requested(request: ParsedRequest) -> bool:
+    """True if the connection cannot carry another request after this one, whatever the
+    response: the request says so, or it cannot be trusted to end where it says."""
+    return request.must_close or "close" in _connection_tokens(request)
+
+
 def _printable_address(addr: Address) -> str | tuple[Any, ...]:
     if isinstance(addr, tuple):
         return addr
@@ -693,11 +793,12 @@ def _printable_address(addr: Address) -> str | tuple[Any, ...]:
 
 
 def _error_response(
-    status_code: int, server_software: str, head: bool
+    conn: h11.Connection, status_code: int, server_software: str, head: bool
 ) -> tuple[bytes, ResponseInfo]:
-    """Serialize a small plain-text error response with ``Connection: close``.
+    """Serialize (through h11) a small plain-text error response with ``Connection: close``.
 
-    Returns the bytes to send and the response as the hooks see it.
+    Returns the bytes to send (empty if h11's state does not allow a response any more: one
+    was already begun) and the response as the hooks see it.
     """
     reason = _reason(status_code)
     body = f"{status_code} {reason}\n".encode()
@@ -709,13 +810,25 @@ def _error_response(
         ("Content-Length", str(len(body))),
         ("Connection", "close"),
     ]
-    data = _serialize_head(status_code, reason, headers) + (b"" if head else body)
+    event = h11.Response(
+        status_code=status_code,
+        reason=reason.encode("latin-1"),
+        headers=[(name.encode("ascii"), value.encode("latin-1")) for name, value in headers],
+    )
+    try:
+        parts = [conn.send(event)]
+        if not head:
+            parts.append(conn.send(h11.Data(data=body)))
+        parts.append(conn.send(h11.EndOfMessage()))
+    except h11.LocalProtocolError:
+        return b"", ResponseInfo()
     info = ResponseInfo(f"{status_code} {reason}", status_code, headers, 0 if head else len(body))
-    return data, info
+    return b"".join(parts), info
 
 
 def _serialize_head(status_code: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
-    """Status line and header fields (validated earlier: no CR, LF or NUL can be in them)."""
+    """Status line and header fields, as h11 writes them (used only where h11 would say
+    ``Connection: close`` to an HTTP/1.0 client that asked for keep-alive)."""
     lines = [f"HTTP/1.1 {status_code} {reason}\r\n"]
     lines += [f"{name}: {value}\r\n" for name, value in headers]
     lines.append("\r\n")
@@ -747,18 +860,21 @@ class _ErrorStream:
 
 
 class _Response:
-    """The response to one request: start_response state, framing, output buffer.
+    """The response to one request: start_response state, our checks, output buffer.
 
-    Framing: the application's Content-Length if it gave one (never exceeded; falling short
-    drops the connection); otherwise chunked for HTTP/1.1, or delimited by closing the
-    connection for HTTP/1.0. HEAD, 204 and 304 responses never carry body bytes.
+    h11 frames it: the application's Content-Length if it gave one (never exceeded; falling
+    short drops the connection); otherwise chunked for HTTP/1.1, or delimited by closing the
+    connection for HTTP/1.0. HEAD, 204 and 304 responses (and a 2xx to CONNECT, which h11
+    treats as the start of a tunnel) never carry body bytes.
     """
 
     def __init__(
         self, handler: _Handler, request: ParsedRequest, *, want_close: bool, keep_alive_10: bool
     ) -> None:
         self.handler = handler
+        self.conn = handler.conn
         self.head = request.method == "HEAD"
+        self.connect = request.method == "CONNECT"
         self.http11 = request.version >= (1, 1)
         self.uri = request.target
         self.starter = ResponseStarter(self.write, lambda: self.committed)
@@ -767,10 +883,9 @@ class _Response:
         self.keep_alive_10 = keep_alive_10 and not want_close
         self.committed = False  # status and headers are fixed (queued or sent)
         self.finished = False  # the whole response was sent
-        self.bodyless = False  # HEAD, 204, 304: body bytes from the app are dropped
-        self.chunked = False
+        self.bodyless = False  # body bytes from the app are dropped
         self.content_length: int | None = None
-        self._pending: list[bytes] = []
+        self._pending: list[Any] = []
         self._pending_size = 0
         self._pending_body = 0  # body bytes in _pending (counted as sent once flushed)
         self._body_bytes = 0  # body bytes accepted so far, sent or queued
@@ -812,12 +927,7 @@ class _Response:
                 data = data[:room]
                 if not data:
                     return
-        if self.chunked:
-            self._queue(b"%x\r\n" % len(data))
-            self._queue(data, len(data))
-            self._queue(b"\r\n")
-        else:
-            self._queue(data, len(data))
+        self._queue(self.conn.send_with_data_passthrough(h11.Data(data=data)), len(data))
 
     def finish(self) -> None:
         """End the response (sending the head first if the body was empty)."""
@@ -836,8 +946,8 @@ class _Response:
                 self.uri,
             )
             raise _Abort
-        if self.chunked:
-            self._queue(b"0\r\n\r\n")
+        if self.conn.our_state is h11.SEND_BODY:  # not after a 2xx to CONNECT (a tunnel)
+            self._queue(self.conn.send_with_data_passthrough(h11.EndOfMessage()))
         self.flush()
         self.finished = True
 
@@ -864,7 +974,7 @@ class _Response:
             offset = wrapper.filelike.tell()
         except (OSError, ValueError, AttributeError):
             offset = os.lseek(fd, 0, os.SEEK_CUR)
-        self.flush()  # the head goes first
+        self.flush()  # the head (written by h11) goes first
         if self.handler.dead:
             raise _PeerGone("connection already failed")
         try:
@@ -872,8 +982,11 @@ class _Response:
         except OSError as exc:
             self.handler.dead = True
             raise _PeerGone(str(exc) or type(exc).__name__) from exc
-        self._body_bytes += sent
-        self.info.sent += sent
+        if sent:
+            # Only the accounting: the bytes themselves already left through sendfile().
+            self.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _Placeholder(sent))))
+            self._body_bytes += sent
+            self.info.sent += sent
         return True
 
     # -- status line and headers -----------------------------------------------------------
@@ -885,11 +998,21 @@ class _Response:
         code = starter.status_code
         if code < 200:
             raise ValueError(f"status {starter.status!r} cannot be a final response")
-        self.bodyless = self.head or code in (204, 304)
+        self.bodyless = self.head or code in (204, 304) or (self.connect and code < 300)
         headers = self._final_headers(starter.headers, code)
+        event = h11.Response(
+            status_code=code,
+            reason=starter.reason.encode("latin-1"),
+            headers=[(name.encode("ascii"), value.encode("latin-1")) for name, value in headers],
+        )
+        data = self.conn.send(event)
+        if self.keep_alive_10:
+            # h11 would say "Connection: close" to an HTTP/1.0 client; it still frames the
+            # body (there is a Content-Length, or none at all), so only the head is ours.
+            data = _serialize_head(code, starter.reason, headers)
         self.committed = True
         self.info = ResponseInfo(starter.status or "", code, headers, 0)
-        self._queue(_serialize_head(code, starter.reason, headers))
+        self._queue([data])
 
     def _final_headers(
         self, app_headers: list[tuple[str, str]], code: int
@@ -930,19 +1053,17 @@ class _Response:
         headers = defaults + headers
 
         handler = self.handler
-        if handler.continue_pending:
+        remaining = handler.body.remaining if handler.body is not None else None
+        if self.conn.they_are_waiting_for_100_continue:
             # The application never read the body, so we never asked for it: the client may
             # or may not send it now, and the connection cannot be trusted for another request.
             self.must_close = True
-        elif (
-            isinstance(handler.decoder, LengthDecoder)
-            and handler.decoder.remaining > _MAX_DRAIN
-        ):
+        elif remaining is not None and remaining > _MAX_DRAIN:
             # Too much unread body to drain after the response: say now that we will close.
             self.must_close = True
         if not self.bodyless and self.content_length is None:
             if self.http11:
-                self.chunked = True
+                # h11 would add it too; listed here so that hooks and the access log see it.
                 headers.append(("Transfer-Encoding", "chunked"))
             else:
                 self.must_close = True  # the body is delimited by closing the connection
@@ -962,13 +1083,16 @@ class _Response:
 
     # -- output buffer ---------------------------------------------------------------------
 
-    def _queue(self, data: bytes, body_bytes: int = 0) -> None:
+    def _queue(self, parts: list[Any] | None, body_bytes: int = 0) -> None:
+        """Queue what h11 produced for one event (its pieces, not joined)."""
         self._body_bytes += body_bytes
         self._pending_body += body_bytes
-        self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size >= _SEND_BUFFER:
-            self.flush()
+        if parts:
+            for part in parts:
+                self._pending.append(part)
+                self._pending_size += len(part)
+            if self._pending_size >= _SEND_BUFFER:
+                self.flush()
 
     def flush(self) -> None:
         """Send everything queued, in one call."""
@@ -985,7 +1109,11 @@ class _Response:
         self.must_close = True
         self._pending.clear()
         self._pending_size = self._pending_body = 0
-        data, info = _error_response(status_code, self.handler.config.server_software, self.head)
+        data, info = _error_response(
+            self.conn, status_code, self.handler.config.server_software, self.head
+        )
+        if not data:
+            return
         self.info = info
         self.committed = True
         try:

@@ -28,7 +28,7 @@ from . import master, protocol
 from . import settings as fdpass_settings
 from .channel import Channel, socket_from_fd
 from .config import http_config, validate
-from .connection import Closed, Idle, RequestInfo, ResponseInfo, serve_connection
+from .connection import After, Closed, Idle, RequestInfo, ResponseInfo, serve_connection
 from .errors import PeerGone
 
 
@@ -172,8 +172,8 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
 
     # -- RequestHooks, as seen by the HTTP handler ---------------------------------------
 
-    def request_started(self) -> bool:
-        """Count a request; True when it is this worker's last one (``max_requests``)."""
+    def request_started(self) -> After:
+        """Count a request; say what happens to its connection after it (see ``After``)."""
         with self._nr_lock:
             self.nr += 1
             last: bool = self.nr >= self.max_requests
@@ -181,7 +181,10 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
             self.log.info("Autorestarting worker after current request.")
             self.alive = False
             os.write(self.PIPE[1], b"1")
-        return last or self._closing
+        if self._closing:
+            return After.CLOSE
+        # The connection stays open and goes back to the master for another worker.
+        return After.HAND_BACK if last else After.CONTINUE
 
     def pre_request(self, req: RequestInfo) -> None:
         self.cfg.pre_request(self, req)

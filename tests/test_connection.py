@@ -14,6 +14,7 @@ import h11
 import pytest
 
 from gunicorn_fdpass.connection import (
+    After,
     Closed,
     HttpConfig,
     Idle,
@@ -58,7 +59,8 @@ class FakeLog:
 
 @dataclass
 class FakeHooks:
-    close_after: int | None = None  # request_started() returns True from this request on
+    close_after: int | None = None  # request_started() says CLOSE from this request on
+    hand_back_after: int | None = None  # ... HAND_BACK from this request on
     started: int = 0
     pre: list[RequestInfo] = field(default_factory=list)
     post: list[tuple[RequestInfo, dict[str, Any], ResponseInfo]] = field(default_factory=list)
@@ -67,9 +69,13 @@ class FakeHooks:
     )
     post_raises: bool = False
 
-    def request_started(self) -> bool:
+    def request_started(self) -> After:
         self.started += 1
-        return self.close_after is not None and self.started >= self.close_after
+        if self.close_after is not None and self.started >= self.close_after:
+            return After.CLOSE
+        if self.hand_back_after is not None and self.started >= self.hand_back_after:
+            return After.HAND_BACK
+        return After.CONTINUE
 
     def pre_request(self, req: RequestInfo) -> None:
         self.pre.append(req)
@@ -584,7 +590,7 @@ def test_keepalive_disabled_closes_after_one() -> None:
     assert one(out.raw).headers["connection"] == "close"
 
 
-def test_request_started_true_closes() -> None:
+def test_request_started_close_answers_connection_close() -> None:
     out = serve(hello_app, GET + GET, hooks=FakeHooks(close_after=1))
     assert out.result == Closed()
     assert one(out.raw).headers["connection"] == "close"
@@ -830,3 +836,25 @@ def test_app_date_and_server_are_kept() -> None:
     resp = one(serve(app, GET).raw)
     assert resp.headers["server"] == "mine" and resp.headers["date"] == "yesterday"
     assert sum(1 for k, _ in resp.header_list if k.lower() == b"server") == 1
+
+
+def test_request_started_hand_back_keeps_alive_and_returns_idle() -> None:
+    """max_requests reached: this response keeps the connection alive, then the connection
+    goes back (with the pipelined request unread) instead of being served here."""
+    out = serve(hello_app, GET + GET, hooks=FakeHooks(hand_back_after=1))
+    assert out.result == Idle(leftover=GET)
+    assert out.hooks.started == 1
+    assert "connection" not in one(out.raw).headers
+
+
+def test_request_started_hand_back_with_unread_body_drains_it_first() -> None:
+    post = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+    out = serve(hello_app, post + GET, hooks=FakeHooks(hand_back_after=1))
+    assert out.result == Idle(leftover=GET)
+
+
+def test_request_started_close_on_http10_keepalive() -> None:
+    req = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    out = serve(hello_app, req + req, hooks=FakeHooks(close_after=1))
+    assert out.result == Closed()
+    assert one(out.raw).headers["connection"] == "close"

@@ -7,11 +7,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import h11
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gunicorn_fdpass.body_framing import decoder_for
+from gunicorn_fdpass.body_framing import start_request
 from gunicorn_fdpass.connection import Closed, Idle
 from gunicorn_fdpass.request_rules import Rejected, RequestRules, find_head_end, parse_head
 from tests.test_connection import StartResponse, serve
@@ -116,20 +117,31 @@ def test_mutated_valid_requests(request: bytes) -> None:
 @settings(max_examples=400, deadline=None)
 @given(mutated())
 def test_parser_only_raises_rejected(request: bytes) -> None:
-    """The sans-IO layer, without sockets: any input either parses, asks for more, or is
-    Rejected with a 4xx/5xx hint; nothing else ever escapes."""
+    """The sans-IO layer, without sockets (validator, then h11 for the body, fed a few bytes
+    at a time): any input either parses, asks for more, or is Rejected with a 4xx/5xx hint;
+    nothing else ever escapes, and h11 never holds more of a Content-Length body than the
+    validator declared."""
     rules = RequestRules()
     try:
         end = find_head_end(request, rules)
         if end < 0:
             return
         parsed = parse_head(request[:end], rules, trusted=True)
-        decoder = decoder_for(parsed, rules)
-        buf = bytearray(request[end:])
-        while not decoder.done and buf:
-            before = len(buf)
-            decoder.feed(buf)
-            if len(buf) == before:
-                break
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=rules.max_header_block)
+        body = start_request(conn, parsed, rules, close=False)
+        rest = request[end:]
+        received = 0
+        while (data := body.next_data()) != b"":
+            if data is None:
+                if not rest:
+                    break
+                take = min(body.wants(), 7)
+                body.receive(rest[:take])
+                rest = rest[take:]
+            else:
+                received += len(data)
+        if body.done and not parsed.chunked:
+            assert received == (parsed.content_length or 0)
+            assert conn.trailing_data[0] == b""
     except Rejected as exc:
         assert exc.status_hint in (400, 403, 414, 417, 431, 501)

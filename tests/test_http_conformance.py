@@ -386,3 +386,92 @@ def test_client_gone_mid_stream_costs_only_that_response_and_close_runs() -> Non
         a.close()
     thread.join(5)
     assert result == Closed() and closed.is_set()
+
+
+# ------------------------------------------- chunked bodies: h11 frames, Gunicorn's rules
+
+
+CHUNKED_CASES = [
+    (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
+    (b'5;a=b\r\nhello\r\n3 ; q = "x y"\r\nabc\r\n0\r\nT: v\r\n\r\n', 400),  # BWS: h11
+    (b'5;a=b\r\nhello\r\n3;q="x y";r\r\nabc\r\n0\r\nT: v\r\n\r\n', b"helloabc"),
+    (b"0005\r\nhello\r\n000\r\n\r\n", b"hello"),
+    (b"0" * 20 + b"5\r\nhello\r\n0\r\n\r\n", 400),  # h11: at most 20 hex digits
+    (b"5 \r\nhello\r\n0\r\n\r\n", 400),
+    (b"5\r\nhello\r\n3;=x\r\nabc\r\n0\r\n\r\n", 400),
+    (b"5\r\nhello\r\n3;a\x01\r\nabc\r\n0\r\n\r\n", 400),
+    (b"1;" + b"a" * 9000 + b"\r\nx\r\n0\r\n\r\n", 400),
+    (b"5\r\nhello\r\n0\r\nT: v\nU: w\r\n\r\n", 400),
+    (b"5\r\nhello\r\n0\r\n\n", 400),
+    (b"5\r\nhello\r\n0\r\nT: v\r\n w\r\n\r\n", 400),
+    (b"5\r\nhello\r\n0\r\nContent-Length: 5\r\n\r\n", 400),
+    (b"5\r\nhello\r\n0;x=1\r\nT: v\r\nT: w\r\n\r\n", b"hello"),
+    (b"5\nhello\n0\n\n", 400),
+    (b"5\r\nhelloXX\r\n0\r\n\r\n", 400),
+    (b"5\r\nhello\r\n0\r\nT: " + b"v" * 9000 + b"\r\n\r\n", 431),
+]
+
+
+@pytest.mark.parametrize("feed", [1, 2, 3, 7, 1 << 20])
+@pytest.mark.parametrize(("body", "expected"), CHUNKED_CASES)
+def test_chunked_rules_hold_however_the_bytes_arrive(
+    body: bytes, expected: bytes | int, feed: int
+) -> None:
+    """h11 frames the body; the rules h11 does not apply are checked on exactly the lines it
+    consumed, whatever the boundaries of the pieces it was given."""
+    import h11
+
+    from gunicorn_fdpass.body_framing import start_request
+
+    rule = rules()
+    request = parse_head(CHUNKED, rule, trusted=False)
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=rule.max_header_block)
+    reader = start_request(conn, request, rule, close=False)
+    rest, got = body + b"GET / HTTP/1.1\r\n", bytearray()
+    try:
+        while (data := reader.next_data()) != b"":
+            if data is None:
+                assert rest, "h11 wants more than the whole body"
+                take = min(feed, reader.wants())
+                reader.receive(rest[:take])
+                rest = rest[take:]
+            else:
+                got += data
+    except Rejected as exc:
+        assert exc.status_hint == expected, exc.reason
+        return
+    assert got == expected
+    # What h11 read past the body is given back, in order, for the next request.
+    assert conn.trailing_data[0] + rest == b"GET / HTTP/1.1\r\n"
+
+
+@pytest.mark.parametrize(("body", "expected"), CHUNKED_CASES[:5])
+def test_chunked_rules_over_a_socket(body: bytes, expected: bytes | int) -> None:
+    status, app = status_of(CHUNKED + body)
+    if isinstance(expected, int):
+        assert status == expected and app.environs == []
+    else:
+        assert status == 200 and app.environs[0]["body"] == expected
+
+
+def test_chunked_request_then_pipelined_request() -> None:
+    """Bytes h11 read past a chunked body go back to the validator for the next request."""
+    app = EnvironApp()
+    second = b"POST /2 HTTP/1.1\r\n" + HOST + b"Content-Length: 3\r\n\r\nxyz"
+    out = serve(app, CHUNKED + chunks(b"abc") + second + b"GET /3 HTTP/1.1\r\n" + HOST + b"\r\n")
+    assert isinstance(out.result, Idle) and out.result.leftover == b""
+    assert [e["body"] for e in app.environs] == [b"abc", b"xyz", b""]
+    assert [e["PATH_INFO"] for e in app.environs] == ["/up", "/2", "/3"]
+
+
+def test_chunked_body_trickled_byte_by_byte() -> None:
+    app = EnvironApp()
+    request = CHUNKED + b"3;a=b\r\nabc\r\n2\r\nde\r\n0\r\nT: v\r\n\r\n"
+
+    def client(sock: socket.socket) -> None:
+        for i in range(len(request)):
+            sock.sendall(request[i : i + 1])
+        sock.shutdown(socket.SHUT_WR)
+
+    out = serve(app, client=client)
+    assert one(out.raw).status == 200 and app.environs[0]["body"] == b"abcde"
