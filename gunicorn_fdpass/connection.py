@@ -47,8 +47,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from enum import Enum
-from http import HTTPStatus
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any, Final, Protocol, cast
 
 import h11
 
@@ -248,11 +247,20 @@ def _http_date() -> str:
     return value
 
 
+# Reason phrases of the statuses the server answers by itself. Not taken from the standard
+# library's ``http`` module: a master started as ``python -m gunicorn`` and re-executed by USR2
+# runs gunicorn/__main__.py as a script, and Gunicorn's own ``http`` package then shadows it.
+_REASONS: Final = {
+    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+    411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
+    417: "Expectation Failed", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+
+
 def _reason(code: int) -> str:
-    try:
-        return HTTPStatus(code).phrase
-    except ValueError:
-        return "Error"
+    return _REASONS.get(code, "Error")
 
 
 def _address(get: Any) -> Address:

@@ -440,11 +440,6 @@ def _try_get(port: int):
 
 # -- python -m gunicorn ---------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: USR2 re-executes `python .../gunicorn/__main__.py`, so Gunicorn's package dir is "
-    "first on sys.path and gunicorn/http shadows the stdlib http; gunicorn_fdpass.connection "
-    "does `from http import HTTPStatus` and the new master dies with ImportError "
-    "(-k sync upgrades fine the same way)"))
 def test_usr2_upgrade_of_a_master_started_with_python_m_gunicorn(launch) -> None:
     srv = launch("--bind", "127.0.0.1:0", "tests.apps:app")
     mark = len(srv.log_text())

@@ -59,13 +59,11 @@ def test_ttin_and_ttou_change_the_worker_count_under_load(make_server) -> None:
 
 
 class _ConsoleScriptServer(GunicornServer):
-    """Started as in production: the ``gunicorn`` console script, a ``host:port`` bind.
+    """Started as in production: the ``gunicorn`` console script and a ``host:port`` bind.
 
-    Two Gunicorn limitations (seen with its own sync worker too) rule out the harness's
-    usual form for USR2: started as ``python -m gunicorn``, the re-executed master runs
-    gunicorn/__main__.py as a script, whose directory then shadows the standard library's
-    ``http``; and a ``fd://N`` listener is re-created close-on-exec, so the new master cannot
-    inherit it.
+    The harness's ``fd://N`` bind cannot survive USR2: Gunicorn re-creates that listener
+    close-on-exec, so the new master cannot inherit it (its own sync worker fails the same
+    way). tests/test_integration_deploy.py covers USR2 of a ``python -m gunicorn`` master.
     """
 
     @property
