@@ -12,7 +12,7 @@ from typing import Any
 from gunicorn import SERVER
 
 from . import settings as fdpass_settings
-from .connection import DEFAULT_MAX_CHUNKED_BODY, HttpConfig
+from .connection import HttpConfig
 from .errors import ConfigurationError
 from .request_rules import DEFAULT_SECURE_SCHEME_HEADERS, AddressAllowList, RequestRules
 
@@ -77,15 +77,13 @@ def request_rules(cfg: Any) -> RequestRules:
     )
 
 
-def http_config(cfg: Any, *, multithread: bool) -> HttpConfig:
-    """The HTTP handler's settings for a worker running under ``cfg``.
-
-    ``max_chunked_body`` (how much of a chunked request body is buffered so the application
-    gets a CONTENT_LENGTH) is not a Gunicorn setting: 64 MiB unless the worker's own settings
-    (:mod:`~gunicorn_fdpass.settings`) define ``max_chunked_body`` (0 streams chunked bodies
-    unbuffered, as Gunicorn does).
-    """
-    timeout = float(cfg.timeout)
+def http_config(cfg: Any, own: fdpass_settings.FdpassSettings, *,
+                multithread: bool) -> HttpConfig:
+    """The HTTP handler's settings for a worker running under ``cfg`` and ``own``."""
+    io_timeout = own.io_timeout
+    if cfg.timeout:
+        # Give up on a stalled client before the arbiter gives up on the worker.
+        io_timeout = min(io_timeout, max(1.0, float(cfg.timeout) / 2))
     proxy_mode = str(_setting(cfg, "proxy_protocol", "off"))
     if proxy_mode in ("True", "true"):  # older boolean spelling
         proxy_mode = "auto"
@@ -100,11 +98,10 @@ def http_config(cfg: Any, *, multithread: bool) -> HttpConfig:
         # As Gunicorn's own workers: another process may run the app only with several workers.
         multiprocess=int(cfg.workers) > 1,
         keepalive=float(cfg.keepalive) > 0 and not cfg.is_ssl,
-        io_timeout=timeout if timeout > 0 else None,
+        io_timeout=io_timeout,
+        burst=own.burst,
         rules=request_rules(cfg),
         proxy_protocol=proxy_mode,
         proxy_allow=AddressAllowList(_setting(cfg, "proxy_allow_ips", ["127.0.0.1", "::1"])),
-        max_chunked_body=int(
-            getattr(fdpass_settings.load(), "max_chunked_body", DEFAULT_MAX_CHUNKED_BODY)
-        ),
+        max_chunked_body=own.max_chunked_body,
     )

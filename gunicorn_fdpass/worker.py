@@ -9,7 +9,6 @@ and announces a capacity of N to the master.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import selectors
 import socket
@@ -65,12 +64,7 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
 
     def run(self) -> None:
         own = fdpass_settings.load()  # validated by the master at startup
-        http = http_config(self.cfg, multithread=self.capacity > 1)
-        io_timeout = own.io_timeout
-        if self.cfg.timeout:
-            # Give up on a stalled client before the arbiter gives up on this worker.
-            io_timeout = min(io_timeout, max(1.0, float(self.cfg.timeout) / 2))
-        self.http = dataclasses.replace(http, burst=own.burst, io_timeout=io_timeout)
+        self.http = http_config(self.cfg, own, multithread=self.capacity > 1)
         if self.cfg.is_ssl:
             self._ssl_context = gunicorn_sock.ssl_context(self.cfg)
         pool = ThreadPoolExecutor(self.capacity) if self.capacity > 1 else None
