@@ -21,6 +21,11 @@ from .errors import ChannelClosed, PeerGone, ProtocolError
 # whatever did arrive, so a misbehaving peer cannot leak fds into us.
 _ANCILLARY_SIZE = socket.CMSG_SPACE(array.array("i").itemsize)
 
+# Plain ints: combining or testing socket's IntFlag members costs a Python call per message.
+_RECV_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+_CTRUNC = int(socket.MSG_CTRUNC)
+_TRUNC = int(socket.MSG_TRUNC)
+
 _PEER_GONE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ECONNREFUSED})
 
 
@@ -41,10 +46,13 @@ class Received:
 class Channel:
     """One end of a master<->worker socketpair."""
 
-    __slots__ = ("_sock",)
+    __slots__ = ("_buf", "_sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock: socket.socket | None = sock
+        # One receive buffer per channel: recvmsg() would allocate (and shrink) a buffer of
+        # the largest message size for every message.
+        self._buf = bytearray(protocol.MAX_MESSAGE)
 
     @classmethod
     def pair(cls) -> tuple[Channel, Channel]:
@@ -95,24 +103,21 @@ class Channel:
         """
         sock = self._live()
         try:
-            data, ancdata, flags, _ = sock.recvmsg(
-                protocol.MAX_MESSAGE,
-                _ANCILLARY_SIZE,
-                socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC,
-            )
+            size, ancdata, flags, _ = sock.recvmsg_into([self._buf], _ANCILLARY_SIZE,
+                                                        _RECV_FLAGS)
         except BlockingIOError:
             return None
         except OSError as exc:
             raise self._translate(exc) from exc
-        if not data:
+        if not size:
             # A zero-length datagram never comes from our peer: it is end of file.
             raise PeerGone("channel peer hung up")
-        fds = _fds_from(ancdata)
-        truncated = bool(flags & socket.MSG_CTRUNC)
+        fds = _fds_from(ancdata) if ancdata else []
+        truncated = bool(flags & _CTRUNC)
         try:
-            if flags & socket.MSG_TRUNC:
+            if flags & _TRUNC:
                 raise ProtocolError(f"datagram larger than {protocol.MAX_MESSAGE} bytes")
-            message = protocol.decode(data)
+            message = protocol.decode(bytes(self._buf[:size]))
         except ProtocolError:
             _close_all(fds)
             raise

@@ -127,9 +127,12 @@ class Closing:
 Message = Hello | Handoff | Taken | Refused | Done | Park | Draining | Closing
 
 
+_WITH_FD: Final = (Handoff, Park)
+
+
 def carries_fd(message: Message) -> bool:
     """Whether ``message`` must travel with exactly one file descriptor."""
-    return isinstance(message, Handoff | Park)
+    return isinstance(message, _WITH_FD)
 
 
 def encode(message: Message) -> bytes:
@@ -168,6 +171,9 @@ def encode(message: Message) -> bytes:
     return _HEADER.pack(kind, value, conn_id) + payload
 
 
+_KINDS: Final = {kind.value: kind for kind in Kind}
+
+
 def decode(datagram: bytes) -> Message:
     """Parse one datagram; raise :class:`ProtocolError` if it is not a valid message."""
     if len(datagram) < HEADER_SIZE:
@@ -176,10 +182,9 @@ def decode(datagram: bytes) -> Message:
         raise ProtocolError(f"datagram of {len(datagram)} bytes exceeds {MAX_MESSAGE}")
     raw_kind, value, conn_id = _HEADER.unpack_from(datagram)
     payload = datagram[HEADER_SIZE:]
-    try:
-        kind = Kind(raw_kind)
-    except ValueError:
-        raise ProtocolError(f"unknown message kind {raw_kind}") from None
+    kind = _KINDS.get(raw_kind)  # a dict lookup: calling the enum costs more per message
+    if kind is None:
+        raise ProtocolError(f"unknown message kind {raw_kind}")
     if payload and kind not in (Kind.HANDOFF, Kind.PARK):
         raise ProtocolError(f"{kind.name} carries no payload, got {len(payload)} bytes")
     if kind is Kind.HELLO:
