@@ -13,6 +13,7 @@ Markers
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -88,45 +89,45 @@ def ours(worker_class: str) -> bool:
     return is_our_worker(worker_class)
 
 
+@contextlib.contextmanager
+def _servers(request: pytest.FixtureRequest | None
+             ) -> Iterator[Callable[..., GunicornServer]]:
+    """Yield a factory of started servers; stop and clean up every one of them afterwards.
+
+    With ``request``, each server's log is attached to the report of a failing test."""
+    servers: list[GunicornServer] = []
+
+    def factory(**kwargs: Any) -> GunicornServer:
+        srv = GunicornServer(**kwargs)
+        servers.append(srv)
+        if request is not None:
+            attach_server(request, srv)
+        srv.start()
+        return srv
+
+    try:
+        yield factory
+    finally:
+        for srv in servers:
+            try:
+                srv.stop(timeout=10)
+            finally:
+                srv.cleanup()
+
+
 @pytest.fixture
 def make_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., GunicornServer]]:
     """Factory: ``make_server(**GunicornServer kwargs)`` -> a started server, stopped
     (and cleaned up) at the end of the test."""
-    servers: list[GunicornServer] = []
-
-    def factory(**kwargs: Any) -> GunicornServer:
-        srv = GunicornServer(**kwargs)
-        servers.append(srv)
-        attach_server(request, srv)
-        srv.start()
-        return srv
-
-    yield factory
-    for srv in servers:
-        try:
-            srv.stop(timeout=10)
-        finally:
-            srv.cleanup()
+    with _servers(request) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="module")
-def module_server_factory(request: pytest.FixtureRequest
-                          ) -> Iterator[Callable[..., GunicornServer]]:
+def module_server_factory() -> Iterator[Callable[..., GunicornServer]]:
     """Like ``make_server`` but the servers live for the whole module."""
-    servers: list[GunicornServer] = []
-
-    def factory(**kwargs: Any) -> GunicornServer:
-        srv = GunicornServer(**kwargs)
-        servers.append(srv)
-        srv.start()
-        return srv
-
-    yield factory
-    for srv in servers:
-        try:
-            srv.stop(timeout=10)
-        finally:
-            srv.cleanup()
+    with _servers(None) as factory:
+        yield factory
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from . import http
 from .server import REPO_ROOT, _read_net_table, pid_alive, socket_inodes, tcp_inodes
+from .wait import poll
 
 T = TypeVar("T")
 
@@ -38,17 +39,6 @@ LISTENING_RE = re.compile(r"Listening at: (\S+)")
 
 
 # -- polling and /proc ----------------------------------------------------------------
-
-def poll(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.02) -> T:
-    """Call ``predicate`` until it returns something truthy or ``timeout`` passes; returns
-    the last value (falsy on timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
