@@ -109,7 +109,10 @@ def _after_fork_in_child() -> None:
         return
     # A signal arriving before the worker installs its own wakeup fd must not write into an
     # fd number that is about to be closed (and maybe reused).
-    signal.set_wakeup_fd(-1)
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass  # forked from another thread: the wakeup fd is only ever set from the main one
     _INHERITED_CHANNEL = dispatcher.after_fork_in_child()
     _ACTIVE = None
 
