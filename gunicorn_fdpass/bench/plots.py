@@ -26,6 +26,13 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
     labels = [w["label"] for w in doc["workers"]]
     written: list[Path] = []
 
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        path = directory / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
     rows = [t for t in doc["table"] if any(v is not None for v in t["values"].values())]
     if rows:
         cols = min(3, len(rows))
@@ -53,11 +60,7 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
         fig.suptitle(f"{doc['app']}, {doc['settings']['workers']} workers, "
                      f"{doc['machine']['cpus']} CPUs (indicative; labels: ratio against "
                      f"{doc['baseline']})", fontsize=10)
-        fig.tight_layout()
-        path = directory / "comparison.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        save(fig, "comparison.png")
 
     hol = [r for r in doc["results"] if r["scenario"] == "hol" and not r["error"]]
     if hol:
@@ -73,11 +76,7 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
         ax.set_yscale("log")
         ax.set_title("head-of-line: fast requests among slow ones")
         ax.legend()
-        fig.tight_layout()
-        path = directory / "hol_latency.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        save(fig, "hol_latency.png")
 
     fair = [r for r in doc["results"] if r["scenario"] == "fairness" and not r["error"]]
     if fair:
@@ -95,9 +94,5 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
                             for r in fair])
         ax.set_ylabel("share of requests per worker (%)")
         ax.set_title("fairness: one block per worker process")
-        fig.tight_layout()
-        path = directory / "fairness.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        save(fig, "fairness.png")
     return written
