@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.http import RawHTTPConnection, build_request
 from tests.support.server import GunicornServer
+from tests.support.wait import poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.ours_only]
 
@@ -264,3 +265,23 @@ def test_tls_is_served_closed_after_each_response_and_idle_tls_costs_no_worker(
     finally:
         for s in idle:
             s.close()
+
+
+def test_slow_request_body_holds_a_worker_only_until_the_io_timeout(make_server,
+                                                                     stats_path: Path) -> None:
+    """What still occupies a worker: a body that stops arriving. FDPASS_IO_TIMEOUT bounds it."""
+    srv: GunicornServer = make_server(workers=1, env={"FDPASS_IO_TIMEOUT": "2",
+                                                      "FDPASS_STATS_FILE": str(stats_path)})
+    with srv.connect() as stalled:
+        sent_at = time.time()
+        stalled.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        # The stalled upload holds the only worker slot (as the master reports it)...
+        assert poll(lambda: (_read_stats(stats_path) or {}).get("time", 0) > sent_at
+                    and _read_stats(stats_path)["busy"] == 1)  # type: ignore[index]
+        start = time.monotonic()
+        resp = srv.get("/pid", timeout=10)  # ...so this one waits for it
+        waited = time.monotonic() - start
+        assert resp.status == 200
+        assert waited < 5, waited  # freed by the I/O timeout, not by the 30 s worker timeout
+        assert stalled.wait_closed(timeout=5)
+    assert time.time() - sent_at >= 2  # the slot was held until the timeout, not released early
