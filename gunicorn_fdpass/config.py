@@ -16,10 +16,6 @@ from .connection import HttpConfig
 from .errors import ConfigurationError
 from .request_rules import DEFAULT_SECURE_SCHEME_HEADERS, AddressAllowList, RequestRules
 
-#: Used for a Gunicorn request limit set to 0 ("unlimited"): a head must still end somewhere.
-_UNLIMITED_LINE = 64 * 1024
-_UNLIMITED_FIELDS = 32 * 1024
-
 
 def validate(cfg: Any) -> None:
     """Raise :class:`ConfigurationError` for a setting this worker cannot honour."""
@@ -37,11 +33,8 @@ def validate(cfg: Any) -> None:
 
 
 def max_header_bytes(cfg: Any) -> int:
-    """The largest request head Gunicorn's limits allow: request line plus all fields."""
-    line = int(cfg.limit_request_line) or _UNLIMITED_LINE
-    fields = int(cfg.limit_request_fields) or _UNLIMITED_FIELDS
-    field_size = int(cfg.limit_request_field_size) or _UNLIMITED_LINE
-    return line + 2 + fields * (field_size + 2) + 2
+    """The largest request head the worker's parser accepts under ``cfg``'s limits."""
+    return request_rules(cfg).max_head
 
 
 def _setting(cfg: Any, name: str, default: Any) -> Any:
@@ -93,7 +86,6 @@ def http_config(cfg: Any, own: fdpass_settings.FdpassSettings, *,
         server_software=SERVER,
         url_scheme="https" if cfg.is_ssl else "http",
         script_name=os.environ.get("SCRIPT_NAME", ""),
-        max_header_bytes=max_header_bytes(cfg),
         multithread=multithread,
         # As Gunicorn's own workers: another process may run the app only with several workers.
         multiprocess=int(cfg.workers) > 1,

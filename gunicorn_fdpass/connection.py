@@ -62,6 +62,7 @@ from .request_rules import (
     find_head_end,
     parse_head,
 )
+from .settings import FdpassSettings
 from .wsgi import (
     Address,
     FileWrapper,
@@ -96,8 +97,8 @@ _MAX_DISCARD = 256 * 1024
 # A buffered chunked body stays in memory up to this size, then spills to a temporary file.
 _SPOOL_IN_MEMORY = 1024 * 1024
 
-#: Default bound on a chunked request body buffered for the application (see HttpConfig).
-DEFAULT_MAX_CHUNKED_BODY = 64 * 1024 * 1024
+# The FDPASS_* defaults are the one source of the knobs HttpConfig shares with them.
+_DEFAULTS: Final = FdpassSettings()
 
 
 @dataclass(frozen=True)
@@ -107,14 +108,13 @@ class HttpConfig:
     server_software: str  # value of the Server header
     url_scheme: str  # "http" (TLS: "https")
     script_name: str  # SCRIPT_NAME prefix, "" by default
-    max_header_bytes: int  # informational: the largest head Gunicorn's limits allow
     multithread: bool  # wsgi.multithread
     multiprocess: bool  # wsgi.multiprocess
     keepalive: bool  # may a connection serve more than one request?
     io_timeout: float | None  # socket timeout for a stalled client while in a worker
     # Requests served back to back on one connection before it goes back to the master's
     # queue, behind connections that waited meanwhile: bounds the wait of the others.
-    burst: int = 16
+    burst: int = _DEFAULTS.burst
     # Gunicorn's request limits, compatibility flags and proxy trust settings.
     rules: RequestRules = field(default_factory=RequestRules)
     # Gunicorn's proxy_protocol ("off", "v1", "v2", "auto") and proxy_allow_ips.
@@ -126,7 +126,7 @@ class HttpConfig:
     # bytes (more: 413), and the application sees it with a CONTENT_LENGTH: frameworks that
     # ignore wsgi.input_terminated (Django) otherwise read nothing. 0: stream it unbuffered,
     # without CONTENT_LENGTH, as Gunicorn does.
-    max_chunked_body: int = DEFAULT_MAX_CHUNKED_BODY
+    max_chunked_body: int = _DEFAULTS.max_chunked_body
 
 
 @dataclass

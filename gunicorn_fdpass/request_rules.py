@@ -147,6 +147,14 @@ class RequestRules:
         """Bound on the header section (after the request line), as Gunicorn computes it."""
         return self.fields_limit * (self.field_size + 2) + 4
 
+    @property
+    def max_head(self) -> int:
+        """The longest request head these rules can accept: request line, CRLF, header section.
+
+        The master peeks at most this much before handing a head over, so that the worker,
+        not the master, refuses one that is too long."""
+        return (self.line_limit or UNLIMITED_LINE) + 2 + self.max_header_block
+
 
 @dataclass
 class ParsedRequest:
