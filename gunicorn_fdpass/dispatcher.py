@@ -47,6 +47,12 @@ ACCEPT_BATCH: Final = 64
 #: answers it 503 itself instead of trying yet another worker.
 MAX_REFUSALS: Final = 3
 
+#: Most bytes the master peeks at while waiting for a head (its one peek buffer). Gunicorn's
+#: default limits allow heads of about 800 KiB; a head longer than this without its end is
+#: handed over anyway and the worker reads (or refuses) the rest, so unlimited request limits
+#: cannot make the master allocate hundreds of megabytes.
+MAX_PEEK: Final = 1024 * 1024
+
 #: Pause before accepting again after the master ran out of fds (EMFILE and friends).
 ACCEPT_BACKOFF: Final = 0.5
 
@@ -77,7 +83,8 @@ class DispatchSettings:
     shed_wait: float = 0.0
     #: ``Retry-After`` seconds of a 503.
     retry_after: int = 1
-    #: A head this long without its end is handed over anyway: the worker answers 431.
+    #: A head this long without its end is handed over anyway: the worker reads on, or
+    #: answers 431. Capped at MAX_PEEK.
     max_head: int = 64 * 1024
     #: The listeners speak TLS: a connection is ready once its first TLS record arrived.
     tls: bool = False
@@ -186,7 +193,7 @@ class Dispatcher:
         self._out_of_fds = False
         self._shutting_down = False
         self._ids = itertools.count(1)
-        self._peek_buf = bytearray(settings.max_head + 1)
+        self._peek_buf = bytearray(0)  # sized by the settings setter
         self.settings = settings
         self.stats = {"accepted": 0, "dispatched": 0, "requeued": 0, "refused": 0, "shed": 0,
                       "timed_out": 0, "evicted": 0}
@@ -204,8 +211,9 @@ class Dispatcher:
         self._settings = value
         self._new.timeout = self._started.timeout = value.head_timeout
         self._idle.timeout = value.keepalive
-        if len(self._peek_buf) != value.max_head + 1:
-            self._peek_buf = bytearray(value.max_head + 1)
+        self._max_peek = min(value.max_head, MAX_PEEK)
+        if len(self._peek_buf) != self._max_peek + 1:
+            self._peek_buf = bytearray(self._max_peek + 1)
 
     @property
     def wakeup_fd(self) -> int:
@@ -475,9 +483,9 @@ class Dispatcher:
             return _Verdict.READY if _tls_record_complete(buf, n) else _Verdict.WAIT
         if conn.prefix:
             data = conn.prefix + (bytes(buf[:n]) if n > 0 else b"")
-            done = head_complete(data) or len(data) > self._settings.max_head
+            done = head_complete(data) or len(data) > self._max_peek
         else:
-            done = n > self._settings.max_head or END_OF_HEAD.search(buf, 0, n) is not None
+            done = n > self._max_peek or END_OF_HEAD.search(buf, 0, n) is not None
         return _Verdict.READY if done else _Verdict.WAIT
 
     def _has_bytes(self, conn: ClientConnection) -> bool:

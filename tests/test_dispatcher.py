@@ -13,7 +13,7 @@ import pytest
 
 from gunicorn_fdpass import protocol
 from gunicorn_fdpass.channel import Channel, Received
-from gunicorn_fdpass.dispatcher import MAX_REFUSALS, Dispatcher, DispatchSettings
+from gunicorn_fdpass.dispatcher import MAX_PEEK, MAX_REFUSALS, Dispatcher, DispatchSettings
 
 log = logging.getLogger("test-dispatcher")
 
@@ -384,3 +384,17 @@ def test_client_hanging_up_mid_head_is_released_at_once(rig: Rig, reset: bool) -
     rig.spin()
     assert rig.dispatcher.counts()["waiting_for_head"] == 0
     assert rig.dispatcher.stats["timed_out"] == 0  # dropped on the hang-up, not the timer
+
+
+def test_peek_buffer_is_bounded_whatever_the_request_limits() -> None:
+    """Unlimited request limits (a head bound of hundreds of MB) cost the master 1 MiB."""
+    rig = Rig(max_head=300 * 1024 * 1024)
+    try:
+        assert len(rig.dispatcher._peek_buf) == MAX_PEEK + 1
+        w = rig.worker(capacity=1)
+        rig.connect()  # an ordinary request still goes through
+        got = recv_until(w, rig)
+        assert isinstance(got.message, protocol.Handoff) and got.fd is not None
+        os.close(got.fd)
+    finally:
+        rig.close()
