@@ -15,6 +15,12 @@ waiting for bytes), the queue, or a worker link's ``untaken`` map (the master ke
 until the worker confirms with ``Taken``, so a worker that dies first loses nothing). After
 ``Taken`` it belongs to the worker.
 
+Handoffs travel in each worker's inbox, a socketpair of their own whose receiving end the
+master keeps open too: a handoff still unread there can be taken back (the kernel gives each
+datagram to exactly one reader, so the worker and the master never both get it). That is how a
+reserve (a connection queued at a busy worker, see :mod:`~gunicorn_fdpass.scheduler`) moves to
+a worker that became free first, and how a draining or dead worker's unread handoffs return.
+
 A connection reaches a worker only once its whole request head has arrived, so silent and
 slow clients never occupy a worker; the master times them out itself.
 """
@@ -55,6 +61,16 @@ MAX_PEEK: Final = 1024 * 1024
 
 #: Pause before accepting again after the master ran out of fds (EMFILE and friends).
 ACCEPT_BACKOFF: Final = 0.5
+
+#: Reserves per single-slot worker. Such a worker reads its inbox only when it is free, so a
+#: reserve stays unread, and can be taken back, until then. A threaded worker passes what it
+#: reads to its pool at once, so it gets none.
+RESERVE: Final = 1
+
+#: A reserve waiting longer than this is taken back for a worker that has a free slot even
+#: while other connections are queued (with none queued it is taken back at once): a
+#: connection does not sit behind a slow request for longer than this while others are served.
+RESERVE_PATIENCE: Final = 0.005
 
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
@@ -136,11 +152,19 @@ class _Timeouts:
         oldest = self.oldest()
         return None if oldest is None else oldest.since + self.timeout
 
-    def expired(self, now: float) -> Iterator[ClientConnection]:
-        """Yield (without removing) the connections whose time is up, oldest first."""
-        for conn in list(self._conns.values()):
+    def pop_expired(self, now: float) -> Iterator[ClientConnection]:
+        """Remove and yield the connections whose time is up, oldest first.
+
+        Looks at no more than those plus one: this runs on every poll, and thousands of
+        parked connections may be waiting here.
+        """
+        conns = self._conns
+        while conns:
+            conn = next(iter(conns.values()))
             if conn.since + self.timeout > now:
                 return
+            del conns[conn.conn_id]
+            conn.timer = None
             yield conn
 
     def __len__(self) -> int:
@@ -150,15 +174,32 @@ class _Timeouts:
         return iter(list(self._conns.values()))
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerEnds:
+    """What a worker keeps of its links to the master: the two-way ``channel`` and the
+    ``inbox`` its handoffs arrive in."""
+
+    channel: Channel
+    inbox: Channel
+
+
 class WorkerLink:
-    """The master's side of one worker: its channel and the handoffs it has not confirmed."""
+    """The master's side of one worker: its channel, its inbox (both ends: ``handoffs`` to
+    send, ``unread`` to take back what the worker has not read yet) and the handoffs it has
+    not confirmed."""
 
-    __slots__ = ("channel", "pid", "untaken")
+    __slots__ = ("channel", "handoffs", "pid", "unread", "untaken")
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, handoffs: Channel, unread: Channel) -> None:
         self.channel = channel
+        self.handoffs = handoffs
+        self.unread = unread
         self.pid = 0
         self.untaken: dict[int, ClientConnection] = {}
+
+    def close(self) -> None:
+        for channel in (self.channel, self.handoffs, self.unread):
+            channel.close()
 
     def __repr__(self) -> str:
         return f"<WorkerLink pid={self.pid or '?'}>"
@@ -180,7 +221,7 @@ class Dispatcher:
         self._watch_fd(self._wake_r, select.EPOLLIN, self._on_wake, None)
         self._scheduler: Scheduler[WorkerLink] = Scheduler()
         self._links: list[WorkerLink] = []
-        self._pending: list[tuple[Channel, Channel]] = []
+        self._pending: list[tuple[WorkerLink, WorkerEnds]] = []
         self._queue: deque[ClientConnection] = deque()
         self._watched: dict[int, ClientConnection] = {}  # fd -> connection waiting for bytes
         self._new = _Timeouts(settings.head_timeout)  # accepted, head not complete yet
@@ -242,44 +283,50 @@ class Dispatcher:
             listener.setblocking(False)
         self._register_listeners()
 
-    def open_channel(self) -> Channel:
-        """Make the channel of a worker about to be forked; return the worker's end.
+    def open_channel(self) -> WorkerEnds:
+        """Make the channel and inbox of a worker about to be forked; return the worker's ends.
 
-        The master's end is adopted right after the fork (:meth:`after_fork_in_parent`).
+        The master's ends are adopted right after the fork (:meth:`after_fork_in_parent`).
         """
         master_end, worker_end = Channel.pair()
+        handoffs, inbox = Channel.pair()
         master_end.set_blocking(False)
-        self._pending.append((master_end, worker_end))
-        return worker_end
+        handoffs.set_blocking(False)
+        self._pending.append((WorkerLink(master_end, handoffs, inbox),
+                              WorkerEnds(worker_end, inbox)))
+        return self._pending[-1][1]
 
     def after_fork_in_parent(self) -> None:
-        """Close the worker ends the master no longer needs; start watching the master ends."""
+        """Close the worker's channel end; keep its inbox end; watch the master's end."""
         pending, self._pending = self._pending, []
-        for master_end, worker_end in pending:
-            worker_end.close()
-            link = WorkerLink(master_end)
+        for link, ends in pending:
+            # The inbox end stays open here (it is ``link.unread``); the channel end must
+            # not, or the master would never see the channel hang up when the worker dies.
+            ends.channel.close()
             self._links.append(link)
-            self._watch_fd(master_end.fileno(), select.EPOLLIN, self._on_channel, link)
+            self._watch_fd(link.channel.fileno(), select.EPOLLIN, self._on_channel, link)
             if self._shutting_down:
                 self._tell(link, protocol.Closing())
 
-    def after_fork_in_child(self) -> Channel | None:
+    def after_fork_in_child(self) -> WorkerEnds | None:
         """In a freshly forked child: close every fd the master owns.
 
-        Returns the worker end of the newest pending channel (the child's own, when the child
-        is a worker: Gunicorn forks right after creating the worker object), or None.
+        Returns the worker ends of the newest pending link (the child's own, when the child is
+        a worker: Gunicorn forks right after creating the worker object), or None.
         """
         keep = self._pending[-1][1] if self._pending else None
-        for master_end, worker_end in self._pending:
-            master_end.close()
-            if worker_end is not keep:
-                worker_end.close()
+        for link, ends in self._pending:
+            link.channel.close()
+            link.handoffs.close()  # the inbox end itself is also ``ends.inbox``: see below
+            if ends is not keep:
+                ends.channel.close()
+                ends.inbox.close()
         self._pending = []
         # No epoll_ctl here: the epoll instance is shared with the master, so unregistering
         # would blind the master. Closing our copies of the fds leaves its set untouched.
         self._close_connections(unregister=False)
         for link in self._links:
-            link.channel.close()
+            link.close()
         self._links = []
         self._listeners = []
         self._handlers.clear()
@@ -337,7 +384,7 @@ class Dispatcher:
         """Close everything the dispatcher owns (master shutdown)."""
         self._close_connections(unregister=True)
         for link in self._links:
-            link.channel.close()
+            link.close()
         self._links = []
         self._unregister_listeners()
         self._listeners = []
@@ -456,9 +503,11 @@ class Dispatcher:
                 self._refused(conn, link)
         elif isinstance(message, protocol.Hello):
             link.pid = message.pid
-            self._scheduler.add(link, message.capacity)
+            self._scheduler.add(link, message.capacity,
+                                RESERVE if message.capacity == 1 else 0)
         elif isinstance(message, protocol.Draining):
             self._scheduler.drain(link)
+            self._take_back(link)  # it will read no more: others serve them now
         else:  # Handoff and Closing: only the master sends those
             if received.fd is not None:
                 os.close(received.fd)
@@ -533,10 +582,10 @@ class Dispatcher:
             self._watch(conn, self._started if conn.prefix else self._idle)
 
     def _expire(self, now: float) -> None:
-        for conn in self._idle.expired(now):
+        for conn in self._idle.pop_expired(now):
             self._drop(conn)
         for timer in (self._new, self._started):
-            for conn in timer.expired(now):
+            for conn in timer.pop_expired(now):
                 self.stats["timed_out"] += 1
                 started = self._has_bytes(conn)
                 self._unwatch(conn)
@@ -550,13 +599,20 @@ class Dispatcher:
 
     def _dispatch(self, now: float) -> None:
         queue = self._queue
+        if self._scheduler.free_slots():
+            # A reserve waiting at a busy worker goes to a free one: at once if nothing else
+            # waits, else once it waited RESERVE_PATIENCE (it is older than the queue).
+            for holder in self._scheduler.overbooked():
+                if holder.untaken and (not queue or now - min(
+                        c.since for c in holder.untaken.values()) >= RESERVE_PATIENCE):
+                    self._take_back(holder)
         while queue:
             link = self._scheduler.pick()
             if link is None:
                 break
             conn = queue.popleft()
             try:
-                sent = link.channel.send(
+                sent = link.handoffs.send(
                     protocol.Handoff(conn.conn_id, conn.prefix, conn.sock.family),
                     conn.sock.fileno())
             except PeerGone:
@@ -573,7 +629,33 @@ class Dispatcher:
             waited = now - conn.since
             self._wait_total += waited
             self._wait_max = max(self._wait_max, waited)
+            conn.since = now  # from now on: how long it waits unread in the inbox
 
+    def _take_back(self, link: WorkerLink) -> int:
+        """Take the handoffs ``link``'s worker has not read out of its inbox; queue them first.
+
+        The master still has its copy of each (in ``untaken``), so the copy that comes back
+        with the message is closed.
+        """
+        back: list[ClientConnection] = []
+        while not link.unread.closed:
+            try:
+                received = link.unread.recv()
+            except (PeerGone, ProtocolError):
+                break
+            if received is None:
+                break
+            if received.fd is not None:
+                os.close(received.fd)
+            message = received.message
+            conn = (link.untaken.pop(message.conn_id, None)
+                    if isinstance(message, protocol.Handoff) else None)
+            if conn is not None:
+                self._scheduler.release(link)
+                back.append(conn)
+        self._queue.extendleft(reversed(back))
+        self.stats["requeued"] += len(back)
+        return len(back)
     def _refused(self, conn: ClientConnection, link: WorkerLink) -> None:
         conn.refusals += 1
         self.stats["refused"] += 1
@@ -598,17 +680,19 @@ class Dispatcher:
         fd = link.channel.fileno()
         self._epoll.unregister(fd)
         del self._handlers[fd]
-        link.channel.close()
+        # Unread handoffs come out of its inbox (closing the fds in flight there); the ones it
+        # read but never confirmed were not served either: all go to the head of the queue.
+        back = self._take_back(link)
+        link.close()
         self._scheduler.remove(link)
         self._links.remove(link)
         untaken = list(link.untaken.values())
         link.untaken.clear()
-        # They were the oldest work in flight: they go to the head of the queue.
         self._queue.extendleft(reversed(untaken))
         self.stats["requeued"] += len(untaken)
-        if untaken:
+        if back or untaken:
             self.log.info("worker %s left; %d connection(s) it had not taken go to others",
-                          link.pid, len(untaken))
+                          link.pid, back + len(untaken))
 
     def _tell(self, link: WorkerLink, message: protocol.Message) -> None:
         try:

@@ -24,9 +24,8 @@ from typing import Any
 from gunicorn import sock as gunicorn_sock
 
 from . import settings as fdpass_settings
-from .channel import Channel
 from .config import max_header_bytes
-from .dispatcher import Dispatcher, DispatchSettings
+from .dispatcher import Dispatcher, DispatchSettings, WorkerEnds
 from .errors import ConfigurationError
 
 #: Seconds between two reports of the live numbers (statsd, debug log, stats file).
@@ -73,7 +72,7 @@ def install(arbiter: Any) -> Dispatcher:
     return dispatcher
 
 
-def open_worker_channel() -> Channel:
+def open_worker_channel() -> WorkerEnds:
     """Called in the master while Gunicorn creates a worker object, just before the fork."""
     dispatcher = active_dispatcher()
     if dispatcher is None:
@@ -98,8 +97,9 @@ def _after_fork_in_parent() -> None:
         dispatcher.after_fork_in_parent()
 
 
-#: In a forked worker: its own channel end, taken from the master's pending set at fork time.
-_INHERITED_CHANNEL: Channel | None = None
+#: In a forked worker: its own channel and inbox ends, taken from the master's pending set at
+#: fork time.
+_INHERITED_CHANNEL: WorkerEnds | None = None
 
 
 def _after_fork_in_child() -> None:
@@ -117,7 +117,7 @@ def _after_fork_in_child() -> None:
     _ACTIVE = None
 
 
-def take_inherited_channel(expected: Channel) -> None:
+def take_inherited_channel(expected: WorkerEnds) -> None:
     """In a worker: confirm that the channel kept at fork time is this worker's own."""
     global _INHERITED_CHANNEL
     kept, _INHERITED_CHANNEL = _INHERITED_CHANNEL, None

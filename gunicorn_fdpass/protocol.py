@@ -5,11 +5,12 @@ header followed by an optional payload. File descriptors travel beside a message
 ``SCM_RIGHTS`` ancillary data; :func:`carries_fd` says which kinds must carry one. This module
 only turns messages into bytes and back; it never touches a socket.
 
-Life of a connection on the wire::
+Life of a connection on the wire (``Handoff`` travels in the worker's inbox, everything else
+in its channel; see :mod:`~gunicorn_fdpass.dispatcher`)::
 
     master                          worker
       | <-------- Hello(capacity) ----- |   once, when the worker is ready
-      | --- Handoff(id, prefix) + fd -> |
+      | --- Handoff(id, prefix) + fd -> |   the master may take it back while unread
       | <-------- Taken(id) ----------- |   before the worker reads a byte
       | <-------- Done(id) ------------ |   the worker closed the connection, or
       | <--- Park(id, leftover) + fd -- |   the connection is idle: the master keeps it

@@ -45,7 +45,10 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Runs in the master, right before Gunicorn forks this worker.
         super().__init__(*args, **kwargs)
-        self.channel: Channel = master.open_worker_channel()
+        ends = master.open_worker_channel()
+        self._ends = ends
+        self.channel: Channel = ends.channel  # to and from the master
+        self.inbox: Channel = ends.inbox  # handoffs from the master
         self.capacity = max(1, int(self.cfg.threads))
         self._nr_lock = threading.Lock()
         self._ssl_context: ssl.SSLContext | None = None
@@ -53,7 +56,7 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
 
     def init_process(self) -> None:
         """In the child: drop what belongs to the master, then let Gunicorn start ``run``."""
-        master.take_inherited_channel(self.channel)
+        master.take_inherited_channel(self._ends)
         for listener in self.sockets:
             listener.close()  # only the master accepts
         self.sockets = []
@@ -71,6 +74,7 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
         in_flight: set[Future[None]] = set()
         selector = selectors.DefaultSelector()
         selector.register(self.channel.fileno(), selectors.EVENT_READ)
+        selector.register(self.inbox.fileno(), selectors.EVENT_READ)
         selector.register(self.PIPE[0], selectors.EVENT_READ)
         # The heartbeat is a file-time update (a syscall): once per interval is enough for the
         # arbiter's --timeout check, and spares one syscall per request.
@@ -89,11 +93,11 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
                 for key, _ in selector.select(self.timeout or 0.5):
                     if key.fd == self.PIPE[0]:
                         self._drain_wakeup_pipe()
-                while self.alive and (received := self.channel.recv()) is not None:
+                self._read_channel()
+                # Read a handoff only when a slot is free (one thread: after serving the last
+                # one): until then it stays in the inbox, where the master can take it back.
+                while self.alive and (received := self.inbox.recv()) is not None:
                     message = received.message
-                    if isinstance(message, protocol.Closing):
-                        self._closing = True
-                        continue
                     if not isinstance(message, protocol.Handoff):
                         self.log.error("unexpected message from the master: %r", message)
                         continue
@@ -103,11 +107,11 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
                     self.channel.send(protocol.Taken(message.conn_id))
                     if pool is None:
                         self._serve(message, received.fd)
+                        self._read_channel()
                     else:
                         in_flight.add(pool.submit(self._serve, message, received.fd))
                 in_flight = {f for f in in_flight if not f.done()}
-            # Handoffs still unread in the channel were never Taken: the master gives them to
-            # another worker when this channel closes.
+            # Handoffs still unread in the inbox were never Taken: the master takes them back.
             self.channel.send(protocol.Draining())
             self._finish(in_flight)
         except PeerGone:
@@ -117,6 +121,17 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
                 pool.shutdown(wait=False, cancel_futures=True)
             selector.close()
             self.channel.close()
+            self.inbox.close()
+
+    def _read_channel(self) -> None:
+        """Act on what the master said besides handoffs (so far only ``Closing``)."""
+        while (received := self.channel.recv()) is not None:
+            if isinstance(received.message, protocol.Closing):
+                self._closing = True
+            else:
+                self.log.error("unexpected message from the master: %r", received.message)
+                if received.fd is not None:
+                    os.close(received.fd)
 
     def _finish(self, in_flight: set[Future[None]]) -> None:
         """Let requests in progress complete, while telling the arbiter we are alive."""

@@ -32,15 +32,16 @@ class Rig:
         self.dispatcher.set_listeners([self.listener])
         self.clients: list[socket.socket] = []
 
-    def worker(self, capacity: int = 1) -> Channel:
-        """A worker end that survives the simulated fork (the child's copy)."""
-        master_end, worker_end = Channel.pair()
-        master_end.set_blocking(False)
-        self.dispatcher._pending.append((master_end, _Keep(worker_end)))  # type: ignore[arg-type]
+    def worker(self, capacity: int = 1) -> FakeWorker:
+        """A worker's ends as the child has them after the simulated fork."""
+        ends = self.dispatcher.open_channel()
+        # The child's own copies: the master closes its copy of the channel end and keeps its
+        # copy of the inbox end.
+        worker = FakeWorker(_dup(ends.channel), _dup(ends.inbox))
         self.dispatcher.after_fork_in_parent()
-        worker_end.send(protocol.Hello(capacity, 4242))
+        worker.send(protocol.Hello(capacity, 4242 + len(self.dispatcher._links)))
         self.spin()
-        return worker_end
+        return worker
 
     def connect(self, send: bytes = GET) -> socket.socket:
         client = socket.create_connection(("127.0.0.1", self.port))
@@ -60,15 +61,29 @@ class Rig:
             c.close()
 
 
-class _Keep:
-    """Stands in for the worker end in the master's pending list: closing it is a no-op,
-    as if only the master's copy were closed and the child kept its own."""
+class FakeWorker:
+    """Plays a worker: receives from its inbox (handoffs) and channel (the rest)."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, inbox: Channel) -> None:
         self.channel = channel
+        self.inbox = inbox
+
+    def send(self, message: protocol.Message, fd: int | None = None) -> bool:
+        return self.channel.send(message, fd)
+
+    def recv(self) -> Received | None:
+        received = self.inbox.recv()
+        return received if received is not None else self.channel.recv()
 
     def close(self) -> None:
-        pass
+        """The worker dies."""
+        self.channel.close()
+        self.inbox.close()
+
+
+def _dup(channel: Channel) -> Channel:
+    return Channel(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0,
+                                 fileno=os.dup(channel.fileno())))
 
 
 def consume_request(fd: int) -> None:
@@ -77,7 +92,7 @@ def consume_request(fd: int) -> None:
         assert sock.recv(65536) == GET
 
 
-def take_and_park(w: Channel, rig: Rig, leftover: bytes = b"") -> int:
+def take_and_park(w: FakeWorker, rig: Rig, leftover: bytes = b"") -> int:
     """Act as a worker: take the next handoff, read its request, park it back. Returns its id."""
     got = recv_until(w, rig)
     assert isinstance(got.message, protocol.Handoff) and got.fd is not None
@@ -89,7 +104,7 @@ def take_and_park(w: Channel, rig: Rig, leftover: bytes = b"") -> int:
     return conn_id
 
 
-def recv_until(channel: Channel, rig: Rig, timeout: float = 2.0) -> Received:
+def recv_until(channel: FakeWorker, rig: Rig, timeout: float = 2.0) -> Received:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         received = channel.recv()
@@ -126,23 +141,88 @@ def test_connection_goes_to_worker_and_master_closes_copy_after_taken(rig: Rig) 
     assert rig.dispatcher.counts()["busy"] == 0
 
 
-def test_no_capacity_means_queued_then_dispatched_when_free(rig: Rig) -> None:
+def _serve(w: FakeWorker, got: Received) -> None:
+    """Act as a worker serving a handoff to the end."""
+    assert isinstance(got.message, protocol.Handoff) and got.fd is not None
+    w.send(protocol.Taken(got.message.conn_id))
+    socket.socket(fileno=got.fd).close()
+    w.send(protocol.Done(got.message.conn_id))
+
+
+def test_full_worker_gets_one_reserve_then_the_master_queues(rig: Rig) -> None:
     w = rig.worker(capacity=1)
-    rig.connect()
-    rig.connect()
-    first = recv_until(w, rig)
+    for _ in range(3):
+        rig.connect()
     rig.spin()
-    assert w.recv() is None  # the second waits in the master's queue
+    first = w.inbox.recv()
+    reserve = w.inbox.recv()  # beyond its one slot: it waits unread in the inbox
+    assert first is not None and reserve is not None
+    assert w.recv() is None  # the third waits in the master's queue
     assert rig.dispatcher.counts()["queued"] == 1
-    assert isinstance(first.message, protocol.Handoff) and first.fd is not None
-    w.send(protocol.Taken(first.message.conn_id))
-    socket.socket(fileno=first.fd).close()
-    w.send(protocol.Done(first.message.conn_id))
-    second = recv_until(w, rig)
-    assert isinstance(second.message, protocol.Handoff)
-    assert second.message.conn_id != first.message.conn_id
-    assert second.fd is not None
-    socket.socket(fileno=second.fd).close()
+    _serve(w, first)
+    third = recv_until(w, rig)
+    ids = {m.message.conn_id for m in (first, reserve, third)}  # type: ignore[union-attr]
+    assert len(ids) == 3
+    _serve(w, reserve)
+    _serve(w, third)
+
+
+def test_threaded_worker_gets_no_reserve(rig: Rig) -> None:
+    w = rig.worker(capacity=2)
+    for _ in range(3):
+        rig.connect()
+    rig.spin()
+    got = [recv_until(w, rig) for _ in range(2)]
+    assert w.recv() is None
+    assert rig.dispatcher.counts()["queued"] == 1
+    for g in got:
+        _serve(w, g)
+
+
+def test_unread_reserve_moves_to_a_worker_that_becomes_free(rig: Rig) -> None:
+    a = rig.worker(capacity=1)
+    b = rig.worker(capacity=1)
+    clients = [rig.connect() for _ in range(3)]
+    rig.spin()
+    on_a, on_b = recv_until(a, rig), recv_until(b, rig)
+    # Every slot is busy: the third is somebody's reserve. Find whose, leave it unread.
+    busy = rig.dispatcher.busy_by_worker()
+    assert sorted(busy.values()) == [1, 2]
+    holder, other, other_got = (a, b, on_b) if len(a_unread := _peek_inbox(a)) else (b, a, on_a)
+    assert a_unread or _peek_inbox(b)
+    _serve(other, other_got)  # the other worker is free first, the queue is empty
+    rig.spin()
+    moved = recv_until(other, rig)
+    assert isinstance(moved.message, protocol.Handoff) and moved.fd is not None
+    assert holder.inbox.recv() is None  # taken back: the busy worker never sees it
+    with socket.socket(fileno=moved.fd) as served:
+        served.sendall(b"moved")
+        client = next(c for c in clients if c.getsockname() == served.getpeername())
+        assert client.recv(5) == b"moved"
+    assert rig.dispatcher.stats["requeued"] == 1
+
+
+def test_draining_worker_gives_back_its_unread_reserve(rig: Rig) -> None:
+    a = rig.worker(capacity=1)
+    rig.connect()
+    rig.connect()
+    rig.spin()
+    first = recv_until(a, rig)
+    assert _peek_inbox(a)  # the reserve
+    a.send(protocol.Draining())
+    rig.spin()
+    assert a.inbox.recv() is None
+    assert rig.dispatcher.counts()["queued"] == 1
+    b = rig.worker(capacity=1)
+    _serve(b, recv_until(b, rig))
+    _serve(a, first)
+
+
+def _peek_inbox(w: FakeWorker) -> bytes:
+    try:
+        return w.inbox._live().recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return b""
 
 
 def test_least_busy_worker_gets_the_next_connection(rig: Rig) -> None:
@@ -241,7 +321,9 @@ def test_full_queue_stops_accepting() -> None:
         w = rig.worker(capacity=1)
         got = recv_until(w, rig)
         rig.spin(5)
-        assert rig.dispatcher.counts()["accepted"] == 3  # one slot freed, one more accepted
+        # Both queued ones went to the worker (one as its reserve): two more accepted.
+        assert rig.dispatcher.counts()["accepted"] == 4
+        assert rig.dispatcher.counts()["queued"] == 2
         assert got.fd is not None
         socket.socket(fileno=got.fd).close()
     finally:
@@ -349,7 +431,8 @@ def test_graceful_shutdown_serves_queued_work_then_closes_idle(rig: Rig) -> None
     late_sender = rig.connect(send=b"")
     rig.spin()
     rig.dispatcher.begin_shutdown()
-    assert isinstance(recv_until(w, rig).message, protocol.Closing)
+    rig.spin()
+    assert isinstance(w.channel.recv().message, protocol.Closing)  # type: ignore[union-attr]
     late = socket.create_connection(("127.0.0.1", rig.port))  # lands in the backlog only
     late.sendall(GET)
     rig.spin()

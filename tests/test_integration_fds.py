@@ -39,11 +39,11 @@ from tests.support.deploy import (
 from tests.support.http import RawHTTPConnection
 from tests.support.server import (
     GunicornServer,
+    assert_worker_owns_only_its_channel,
     listen_inode,
     pid_alive,
     socket_inodes,
     tcp_inodes,
-    unix_inodes,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.ours_only]
@@ -77,24 +77,6 @@ def _wait_stats(path: Path, predicate, timeout: float = 10.0) -> dict:
     return stats
 
 
-def _assert_worker_owns_only_its_channel(pid: int, others: list[int], master: int) -> int:
-    """An idle worker: no TCP socket at all, exactly one unix socket (its channel end),
-    shared with no other worker and not held by the master. Returns that inode."""
-    socks = set(socket_inodes(pid).values())
-    tcp = socks & set(tcp_inodes())
-    assert not tcp, f"idle worker {pid} holds TCP sockets {sorted(tcp)} (listener or a client)"
-    unix = socks & unix_inodes()
-    assert len(unix) == 1, f"worker {pid} holds {len(unix)} unix sockets, not 1: {sorted(unix)}"
-    for other in others:
-        if other != pid:
-            shared = unix & set(socket_inodes(other).values())
-            assert not shared, f"workers {pid} and {other} share channel sockets {shared}"
-    assert not unix & set(socket_inodes(master).values()), (
-        f"the master holds worker {pid}'s end of its channel")
-    assert socks == unix, f"worker {pid} holds other sockets: {sorted(socks - unix)}"
-    return next(iter(unix))
-
-
 def _wait_workers_idle(pids: list[int], timeout: float = 10.0) -> None:
     """Wait until none of ``pids`` holds a TCP socket (every served request has finished
     and every keep-alive connection was handed back). A copy of a client socket leaked by a
@@ -115,7 +97,7 @@ def test_spawned_and_respawned_workers_hold_no_fd_of_the_master(make_server,
     first = srv.wait_for_workers(2)
     _wait_workers_idle(first)
     for pid in first:
-        _assert_worker_owns_only_its_channel(pid, first, srv.pid)
+        assert_worker_owns_only_its_channel(pid, first, srv.pid)
 
     parked = [srv.connect() for _ in range(4)]
     slow: list[threading.Thread] = []
@@ -153,7 +135,7 @@ def test_spawned_and_respawned_workers_hold_no_fd_of_the_master(make_server,
                     and s["parked"] == 4)
         _wait_workers_idle(new)
         assert set(new) & set(first) == {first[1]}
-        chans = {pid: _assert_worker_owns_only_its_channel(pid, new, srv.pid) for pid in new}
+        chans = {pid: assert_worker_owns_only_its_channel(pid, new, srv.pid) for pid in new}
         assert len(set(chans.values())) == 2
         # The master kept exactly the listener and the 4 parked connections.
         assert len(tcp_socket_inodes(srv.pid) - {listener}) == 4
@@ -221,7 +203,7 @@ def test_usr2_new_master_and_its_workers_hold_nothing_of_the_old_master(
         assert not (new_socks - {listener}) & (old_master_socks | old_worker_socks), (
             "the new master holds sockets of the old master or its workers")
         for pid in new_workers:
-            chan = _assert_worker_owns_only_its_channel(pid, new_workers, new_master)
+            chan = assert_worker_owns_only_its_channel(pid, new_workers, new_master)
             assert chan not in old_master_socks | old_worker_socks
         # The old master still serves its parked connections, with its own workers.
         for conn in parked:

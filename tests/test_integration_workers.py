@@ -20,11 +20,11 @@ from tests.support.http import IncompleteResponse, build_request
 from tests.support.server import (
     GunicornServer,
     ServerError,
+    assert_worker_owns_only_its_channel,
     listen_inode,
     pid_alive,
     socket_inodes,
     tcp_inodes,
-    unix_inodes,
     worker_class_under_test,
 )
 from tests.support.wait import poll, read_text
@@ -344,22 +344,10 @@ def test_workers_hold_only_their_own_channel(srv):
         assert srv.get("/").status == 200
     pids = _wait_idle(srv)
     assert len(pids) == 2
-    unix = unix_inodes()
     listen = listen_inode(srv.port)
-    per_worker = {}
     for pid in pids:
-        socks = set(socket_inodes(pid).values())
-        assert listen not in socks
-        per_worker[pid] = socks & unix
-        assert len(per_worker[pid]) == 1, (
-            f"worker {pid} should hold exactly one unix socket (its channel): {socks}")
-        # no TCP socket at all while idle
-        assert not socks & set(tcp_inodes())
-    a, b = per_worker.values()
-    assert not a & b, f"two workers share a unix socket: {per_worker}"
-    master_socks = set(socket_inodes(srv.pid).values())
-    for pid, chans in per_worker.items():
-        assert not chans & master_socks, f"master holds the worker end of {pid}'s channel"
+        assert listen not in socket_inodes(pid).values()
+        assert_worker_owns_only_its_channel(pid, pids, srv.pid)
 
 
 @pytest.mark.ours_only

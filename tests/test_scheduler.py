@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
@@ -91,3 +92,68 @@ def test_release_never_goes_negative() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Scheduler[str]().add("a", 0)
+
+
+def test_reserve_only_when_no_worker_has_a_free_slot() -> None:
+    s = Scheduler[str]()
+    s.add("a", 1, reserve=1)
+    s.add("b", 1, reserve=1)
+    assert {s.pick(), s.pick()} == {"a", "b"}  # free slots first, one each
+    assert s.overbooked() == []
+    third = s.pick()
+    assert third in ("a", "b")  # now a reserve
+    assert s.overbooked() == [third]
+    assert s.free_slots() == 0
+    fourth = s.pick()
+    assert {third, fourth} == {"a", "b"}  # reserves spread too
+    assert s.pick() is None  # every slot and reserve taken
+    s.release("a")
+    assert s.overbooked() == ["b"]  # a's reserve now occupies its free slot
+    assert s.free_slots() == 0
+
+
+def test_free_slot_beats_a_reserve_even_on_a_less_busy_share() -> None:
+    s = Scheduler[str]()
+    s.add("single", 1, reserve=1)
+    s.add("pool", 4)
+    assert s.pick() == "single"
+    # single is full; pool is 0/4 busy, then 1/4... it takes all four before single's reserve
+    assert [s.pick() for _ in range(4)] == ["pool"] * 4
+    assert s.pick() == "single"
+    assert s.overbooked() == ["single"]
+
+
+def test_draining_worker_with_work_counts_as_overbooked() -> None:
+    s = Scheduler[str]()
+    s.add("a", 1, reserve=1)
+    assert s.pick() == "a"
+    s.drain("a")
+    assert s.pick() is None
+    assert s.overbooked() == ["a"]  # whatever it holds unread should be taken back
+
+
+def test_negative_reserve_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Scheduler[str]().add("a", 1, reserve=-1)
+
+
+def test_totals_match_a_recount_after_any_sequence_of_changes() -> None:
+    rng = random.Random(7)
+    s = Scheduler[int]()
+    for _ in range(2000):
+        op = rng.choice(["add", "pick", "pick", "release", "release", "drain", "remove"])
+        w = rng.randrange(4)
+        if op == "add":
+            s.add(w, rng.randint(1, 3), rng.randint(0, 1))
+        elif op == "pick":
+            s.pick()
+        elif op == "release":
+            s.release(w)
+        elif op == "drain":
+            s.drain(w)
+        else:
+            s.remove(w)
+        slots = s._workers.values()
+        assert s.free_slots() == sum(max(0, x.capacity - x.busy) for x in slots)
+        assert sorted(s.overbooked()) == sorted(
+            w for w, x in s._workers.items() if x.busy > x.capacity)

@@ -479,3 +479,23 @@ def listen_inode(port: int) -> int:
 
 def unix_inodes() -> set[int]:
     return {int(cols[6]) for cols in _read_net_table("/proc/net/unix") if len(cols) >= 7}
+
+
+def assert_worker_owns_only_its_channel(pid: int, others: list[int], master: int) -> int:
+    """An idle worker: no TCP socket at all, exactly two unix sockets (its channel end and
+    its inbox end), shared with no other worker; the master holds the inbox end too (to take
+    back unread handoffs), never the channel end. Returns the channel end's inode."""
+    socks = set(socket_inodes(pid).values())
+    tcp = socks & set(tcp_inodes())
+    assert not tcp, f"idle worker {pid} holds TCP sockets {sorted(tcp)} (listener or a client)"
+    unix = socks & unix_inodes()
+    assert len(unix) == 2, f"worker {pid} holds {len(unix)} unix sockets, not 2: {sorted(unix)}"
+    for other in others:
+        if other != pid:
+            shared = unix & set(socket_inodes(other).values())
+            assert not shared, f"workers {pid} and {other} share channel sockets {shared}"
+    with_master = unix & set(socket_inodes(master).values())
+    assert len(with_master) == 1, (
+        f"the master holds {len(with_master)} of worker {pid}'s ends, not just its inbox")
+    assert socks == unix, f"worker {pid} holds other sockets: {sorted(socks - unix)}"
+    return next(iter(unix - with_master))
