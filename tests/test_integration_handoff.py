@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.server import GunicornServer
+from tests.support.wait import poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.ours_only]
 
@@ -117,3 +118,49 @@ def test_master_stays_single_threaded_so_forks_are_safe(make_server) -> None:
     assert srv.get("/").status == 200
     assert _threads(srv.pid) == 1
     assert "multi-threaded" not in srv.log_text()
+
+
+def _busy_in_the_masters_view(stats_file: Path, busy: int) -> None:
+    """Wait for a stats report, written from now on, that counts ``busy`` busy slots."""
+    since = time.time()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            stats = json.loads(stats_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            stats = None
+        if stats and stats["time"] > since and stats["busy"] == busy:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the master never reported {busy} busy slots")
+
+
+def test_reserve_behind_a_slow_request_moves_to_the_worker_that_frees_up_first(
+        make_server, tmp_path: Path) -> None:
+    """Both workers busy; the next connection becomes the reserve of the worker picked
+    longest ago, the slow one. When the other worker finishes, the master takes the reserve
+    back out of the slow worker's inbox and hands it over: it does not wait for the slow
+    request."""
+    stats_file = tmp_path / "stats.json"
+    srv: GunicornServer = make_server(workers=2, env={"FDPASS_STATS_FILE": str(stats_file)})
+    _all_serving(srv)
+    _idle_in_the_masters_view(stats_file, time.time())
+    with ThreadPoolExecutor(3) as pool:
+        slow = pool.submit(lambda: srv.get("/sleep?s=7", timeout=30))
+        _busy_in_the_masters_view(stats_file, 1)
+        # Long enough to outlast the wait for the next stats report (one per second).
+        short = pool.submit(lambda: srv.get("/sleep?s=2.5", timeout=30))
+        _busy_in_the_masters_view(stats_file, 2)
+        started = time.monotonic()
+        reserve = pool.submit(lambda: srv.get("/pid", timeout=30))
+        reserve_pid = int(reserve.result(timeout=30).text)
+        waited = time.monotonic() - started
+        assert not slow.done(), "the slow request ended first: nothing was proven"
+        short_pid = int(short.result().json()["pid"])
+        slow_pid = int(slow.result().json()["pid"])
+    assert slow_pid != short_pid
+    assert reserve_pid == short_pid, "the reserve waited for the slow worker"
+    assert waited < 4.0
+    # It was taken back out of the slow worker's inbox, not sent to the free worker at once.
+    assert poll(lambda: json.loads(stats_file.read_text())["requeued"] >= 1, timeout=5), (
+        stats_file.read_text())
