@@ -37,18 +37,19 @@ def _all_serving(srv: GunicornServer) -> list[int]:
     return sorted(pids)
 
 
-def _idle_in_the_masters_view(stats_file: Path, since: float) -> None:
-    """Wait for a stats report, written after ``since``, that shows no busy worker."""
+def _busy_in_the_masters_view(stats_file: Path, busy: int) -> None:
+    """Wait for a stats report, written from now on, that counts ``busy`` busy slots."""
+    since = time.time()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
             stats = json.loads(stats_file.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             stats = None
-        if stats and stats["time"] > since and stats["busy"] == 0:
+        if stats and stats["time"] > since and stats["busy"] == busy:
             return
         time.sleep(0.05)
-    raise AssertionError("the master never reported idle workers")
+    raise AssertionError(f"the master never reported {busy} busy slots")
 
 
 def test_connection_sent_to_a_worker_that_dies_before_taking_it_is_served_by_another(
@@ -57,7 +58,7 @@ def test_connection_sent_to_a_worker_that_dies_before_taking_it_is_served_by_ano
     srv: GunicornServer = make_server(workers=2, env={"FDPASS_STATS_FILE": str(stats_file)})
     stopped, other = _all_serving(srv)
     # Stop it only once the master counts it free, or nothing would be sent to it.
-    _idle_in_the_masters_view(stats_file, time.time())
+    _busy_in_the_masters_view(stats_file, 0)
     os.kill(stopped, signal.SIGSTOP)  # it cannot take anything sent to it now
     try:
         n = 4
@@ -120,20 +121,6 @@ def test_master_stays_single_threaded_so_forks_are_safe(make_server) -> None:
     assert "multi-threaded" not in srv.log_text()
 
 
-def _busy_in_the_masters_view(stats_file: Path, busy: int) -> None:
-    """Wait for a stats report, written from now on, that counts ``busy`` busy slots."""
-    since = time.time()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            stats = json.loads(stats_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            stats = None
-        if stats and stats["time"] > since and stats["busy"] == busy:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the master never reported {busy} busy slots")
-
 
 def test_reserve_behind_a_slow_request_moves_to_the_worker_that_frees_up_first(
         make_server, tmp_path: Path) -> None:
@@ -144,7 +131,7 @@ def test_reserve_behind_a_slow_request_moves_to_the_worker_that_frees_up_first(
     stats_file = tmp_path / "stats.json"
     srv: GunicornServer = make_server(workers=2, env={"FDPASS_STATS_FILE": str(stats_file)})
     _all_serving(srv)
-    _idle_in_the_masters_view(stats_file, time.time())
+    _busy_in_the_masters_view(stats_file, 0)
     with ThreadPoolExecutor(3) as pool:
         slow = pool.submit(lambda: srv.get("/sleep?s=7", timeout=30))
         _busy_in_the_masters_view(stats_file, 1)
