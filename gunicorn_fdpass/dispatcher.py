@@ -108,8 +108,9 @@ class DispatchSettings:
 
 class _Verdict(Enum):
     READY = 1  # a whole request head (or enough bytes for the worker to refuse it)
-    WAIT = 2  # nothing yet, or a head in progress
-    GONE = 3  # the client hung up or the socket failed
+    WAIT = 2  # nothing yet
+    STARTED = 3  # a head in progress
+    GONE = 4  # the client hung up or the socket failed
 
 
 class ClientConnection:
@@ -445,21 +446,21 @@ class Dispatcher:
             verdict = self._inspect(conn)  # the request is often there already
             if verdict is _Verdict.READY:
                 self._enqueue(conn, time.monotonic())
-            elif verdict is _Verdict.WAIT:
+            elif verdict is not _Verdict.GONE:
                 self._watch(conn, self._new)
             else:
                 conn.close()
 
     def _on_client(self, conn: ClientConnection, events: int) -> None:
         verdict = self._inspect(conn)
-        if verdict is _Verdict.GONE or (verdict is _Verdict.WAIT and events & _HUNG_UP):
+        if verdict is _Verdict.GONE or (verdict is not _Verdict.READY and events & _HUNG_UP):
             # A peek keeps returning the unread partial head, so it cannot see that the
             # client closed or reset meanwhile; epoll's hang-up flags can.
             self._drop(conn)
         elif verdict is _Verdict.READY:
             self._unwatch(conn)
             self._enqueue(conn, time.monotonic())
-        elif conn.timer is self._idle and self._has_bytes(conn):
+        elif verdict is _Verdict.STARTED and conn.timer is self._idle:
             # The next request has begun: from now on it has head_timeout to complete.
             self._idle.remove(conn)
             self._started.add(conn, time.monotonic())
@@ -529,13 +530,13 @@ class Dispatcher:
         if n < 0 and not conn.prefix:
             return _Verdict.WAIT
         if self._settings.tls:
-            return _Verdict.READY if _tls_record_complete(buf, n) else _Verdict.WAIT
+            return _Verdict.READY if _tls_record_complete(buf, n) else _Verdict.STARTED
         if conn.prefix:
             data = conn.prefix + (bytes(buf[:n]) if n > 0 else b"")
             done = head_complete(data) or len(data) > self._max_peek
         else:
             done = n > self._max_peek or END_OF_HEAD.search(buf, 0, n) is not None
-        return _Verdict.READY if done else _Verdict.WAIT
+        return _Verdict.READY if done else _Verdict.STARTED
 
     def _has_bytes(self, conn: ClientConnection) -> bool:
         if conn.prefix:
