@@ -897,7 +897,7 @@ class _Response:
         self.bodyless = False  # body bytes from the app are dropped
         self.chunked = False  # the body goes out in chunks
         self.content_length: int | None = None
-        self._pending: list[Any] = []
+        self._pending: list[bytes] = []
         self._pending_size = 0
         self._pending_body = 0  # body bytes in _pending (counted as sent once flushed)
         self._body_bytes = 0  # body bytes accepted so far, sent or queued
@@ -1093,8 +1093,9 @@ class _Response:
 
     # -- output buffer ---------------------------------------------------------------------
 
-    def _queue(self, parts: list[Any] | None, body_bytes: int = 0) -> None:
-        """Queue what h11 produced for one event (its pieces, not joined)."""
+    def _queue(self, parts: list[bytes], body_bytes: int = 0) -> None:
+        """Queue the pieces of one part of the response (not joined: that happens once, in
+        :meth:`flush`)."""
         self._body_bytes += body_bytes
         self._pending_body += body_bytes
         if parts:
