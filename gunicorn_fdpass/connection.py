@@ -11,9 +11,13 @@ Who does what:
 - :mod:`~gunicorn_fdpass.request_rules` finds the end of each request head and accepts or
   refuses it with Gunicorn's rules and statuses (PROXY protocol lines are consumed before, by
   :mod:`~gunicorn_fdpass.proxy_protocol`). A refused head never reaches h11 or the application.
-- h11 is the HTTP/1.1 engine: it frames the request body (``Data``/``EndOfMessage``), tracks
-  keep-alive and ``100-continue``, and frames every response (Content-Length, chunked or
-  close-delimited; HEAD, 204 and 304 without a body).
+- h11 is the request engine: it frames the request body (``Data``/``EndOfMessage``) and
+  tracks ``100-continue``. Each request gets a fresh h11 connection (``_Handler._next_cycle``).
+- :class:`_Response` writes responses itself, without h11 (whose per-response checks cost more
+  than the rest of a small request): the status line and header fields, then the body
+  delimited by Content-Length, chunked or by closing the connection; HEAD, 204, 304 and a 2xx
+  to CONNECT without a body. The rules that decide this are in one place,
+  :meth:`_Response._final_headers`; the bytes are what h11 wrote for the same decisions.
 
 **Invariant.** For every accepted request, the validator's framing decision and h11's are
 identical, because h11 never sees the client's header fields: it gets a head regenerated from
@@ -25,10 +29,8 @@ from h11 (``trailing_data``) and start the next request. If h11 refuses a head t
 accepted (a Content-Length of 20 digits or more), the request is answered with h11's
 ``error_status_hint`` and the connection closes: there is no second framer to fall back on.
 
-HTTP/1.0 keep-alive: h11 never keeps an HTTP/1.0 connection open. When the client asked for
-it and the response has a length, the response head is serialized here with
-``Connection: keep-alive`` (h11 still frames the body) and a fresh h11 connection takes over
-the following bytes.
+HTTP/1.0 keep-alive: when the client asked for it and the response has a length, the response
+says ``Connection: keep-alive`` and the connection serves the next request.
 
 Client misbehaviour and socket errors never escape as exceptions: they are logged and end the
 connection.
@@ -222,17 +224,6 @@ class _Abort(Exception):
     """The response cannot be completed correctly (already logged): drop the connection."""
 
 
-class _Placeholder:
-    """Stands for body bytes that went out with sendfile(), so h11 can count them (h11's
-    ``send_with_data_passthrough`` only takes ``len()`` of the data it does not write)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-
-    def __len__(self) -> int:
-        return self._size
-
-
 _date_cache: tuple[int, str] = (0, "")
 
 
@@ -318,6 +309,7 @@ class _Handler:
         self.aborted = False  # already shut down in both directions
         self.body: RequestBody | None = None  # the current request's body, read through h11
         self.body_error: RequestBodyError | None = None
+        self.responding = False  # the current request's response has begun
 
     def _new_h11(self) -> h11.Connection:
         # h11 only ever buffers an incomplete chunk-size line or trailer section here (heads
@@ -413,6 +405,7 @@ class _Handler:
                         self.conn, request, self.rules, close=_close_requested(request)
                     )
                     self.body_error = None
+                    self.responding = False
                     return request
             except Rejected as exc:
                 self._reject(exc)
@@ -522,26 +515,22 @@ class _Handler:
                     self.log.exception("Error in access hook")
         if not resp.finished or resp.must_close or self.dead or self.body_error is not None:
             return False
-        return self._drain_body() and self._next_cycle(resp.keep_alive_10)
+        return self._drain_body() and self._next_cycle()
 
-    def _next_cycle(self, keep_alive_10: bool) -> bool:
-        """After a complete exchange: make h11 ready for the next request (False: close)."""
+    def _next_cycle(self) -> bool:
+        """After a complete exchange that keeps the connection: a fresh h11 connection for the
+        next request (False: close). Fresh, because h11 never saw our response (it would still
+        wait for one), and it may hold bytes it must not parse: the next head goes to the
+        validator first."""
         conn = self.conn
+        if conn.their_state not in _REQUEST_READ:  # cannot happen after _drain_body()
+            return False
         # What h11 read past this request (only a chunked body's feed can leave some) belongs
-        # to the next one, which the validator sees first: take it back in front of the rest.
+        # to the next one: take it back in front of the rest.
         leftover = conn.trailing_data[0]
         if leftover:
             self.buf[:0] = leftover
-        states = (conn.our_state, conn.their_state)
-        if states == _BOTH_DONE and not leftover:
-            conn.start_next_cycle()
-        elif states == _BOTH_DONE or (keep_alive_10 and states == _BOTH_MUST_CLOSE):
-            # h11 holds bytes it must not parse (the next head goes to the validator first),
-            # or it ended an HTTP/1.0 exchange, after which it always closes: a fresh h11
-            # connection takes over.
-            self.conn = self._new_h11()
-        else:
-            return False
+        self.conn = self._new_h11()
         return True
 
     def _buffer_chunked_body(self) -> IO[bytes] | None:
@@ -704,7 +693,8 @@ class _Handler:
 
     def _send_100_continue(self) -> None:
         """Called before the first body read: the client may be waiting."""
-        if not self.conn.they_are_waiting_for_100_continue:
+        # h11 does not see our responses: once one has begun, an interim one is too late.
+        if self.responding or not self.conn.they_are_waiting_for_100_continue:
             return
         data = self.conn.send(
             h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
@@ -771,9 +761,9 @@ class _Handler:
             return
 
 
-_BOTH_DONE = (h11.DONE, h11.DONE)
-# How h11 leaves an HTTP/1.0 exchange, since it never keeps those connections.
-_BOTH_MUST_CLOSE = (h11.MUST_CLOSE, h11.MUST_CLOSE)
+# h11's states once a whole request was read (MUST_CLOSE: h11 closes after every HTTP/1.0
+# exchange, even one we keep alive).
+_REQUEST_READ = (h11.DONE, h11.MUST_CLOSE)
 
 
 def _connection_tokens(request: ParsedRequest) -> set[str]:
@@ -835,12 +825,25 @@ def _error_response(
 
 
 def _serialize_head(status_code: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
-    """Status line and header fields, as h11 writes them (used only where h11 would say
-    ``Connection: close`` to an HTTP/1.0 client that asked for keep-alive)."""
+    """Status line and header fields, laid out as h11 wrote them (which puts a Host field,
+    should an application send one, first)."""
     lines = [f"HTTP/1.1 {status_code} {reason}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    lines += [f"{name}: {value}\r\n" for name, value in headers if name.lower() == "host"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers if name.lower() != "host"]
     lines.append("\r\n")
     return "".join(lines).encode("latin-1")
+
+
+def _chunk(data: bytes) -> list[bytes]:
+    """One piece of a chunked body (RFC 9112 7.1), never empty: that would end the body."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+# The end of a chunked body: the last chunk and an empty trailer section.
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+# RFC 9110 8.6: Content-Length is 1*DIGIT; h11, which wrote responses before, refused more
+# than 20 digits, and an application asking for more still gets a 500.
+_MAX_LENGTH_DIGITS: Final = 20
 
 
 class _ErrorStream:
@@ -868,12 +871,12 @@ class _ErrorStream:
 
 
 class _Response:
-    """The response to one request: start_response state, our checks, output buffer.
+    """The response to one request: start_response state, our checks, framing, output buffer.
 
-    h11 frames it: the application's Content-Length if it gave one (never exceeded; falling
-    short drops the connection); otherwise chunked for HTTP/1.1, or delimited by closing the
-    connection for HTTP/1.0. HEAD, 204 and 304 responses (and a 2xx to CONNECT, which h11
-    treats as the start of a tunnel) never carry body bytes.
+    The body is framed by the application's Content-Length if it gave one (never exceeded;
+    falling short drops the connection); otherwise chunked for HTTP/1.1, or delimited by
+    closing the connection for HTTP/1.0. HEAD, 204 and 304 responses (and a 2xx to CONNECT,
+    the start of a tunnel) never carry body bytes. :meth:`_final_headers` decides all this.
     """
 
     def __init__(
@@ -892,8 +895,9 @@ class _Response:
         self.committed = False  # status and headers are fixed (queued or sent)
         self.finished = False  # the whole response was sent
         self.bodyless = False  # body bytes from the app are dropped
+        self.chunked = False  # the body goes out in chunks
         self.content_length: int | None = None
-        self._pending: list[Any] = []
+        self._pending: list[bytes] = []
         self._pending_size = 0
         self._pending_body = 0  # body bytes in _pending (counted as sent once flushed)
         self._body_bytes = 0  # body bytes accepted so far, sent or queued
@@ -935,7 +939,7 @@ class _Response:
                 data = data[:room]
                 if not data:
                     return
-        self._queue(self.conn.send_with_data_passthrough(h11.Data(data=data)), len(data))
+        self._queue(_chunk(data) if self.chunked else [data], len(data))
 
     def finish(self) -> None:
         """End the response (sending the head first if the body was empty)."""
@@ -954,8 +958,8 @@ class _Response:
                 self.uri,
             )
             raise _Abort
-        if self.conn.our_state is h11.SEND_BODY:  # not after a 2xx to CONNECT (a tunnel)
-            self._queue(self.conn.send_with_data_passthrough(h11.EndOfMessage()))
+        if self.chunked:
+            self._queue([_LAST_CHUNK])
         self.flush()
         self.finished = True
 
@@ -982,7 +986,7 @@ class _Response:
             offset = wrapper.filelike.tell()
         except (OSError, ValueError, AttributeError):
             offset = os.lseek(fd, 0, os.SEEK_CUR)
-        self.flush()  # the head (written by h11) goes first
+        self.flush()  # the head goes first
         if self.handler.dead:
             raise _PeerGone("connection already failed")
         try:
@@ -991,8 +995,6 @@ class _Response:
             self.handler.dead = True
             raise _PeerGone(str(exc) or type(exc).__name__) from exc
         if sent:
-            # Only the accounting: the bytes themselves already left through sendfile().
-            self.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _Placeholder(sent))))
             self._body_bytes += sent
             self.info.sent += sent
         return True
@@ -1006,25 +1008,17 @@ class _Response:
         code = starter.status_code
         if code < 200:
             raise ValueError(f"status {starter.status!r} cannot be a final response")
-        self.bodyless = self.head or code in (204, 304) or (self.connect and code < 300)
         headers = self._final_headers(starter.headers, code)
-        event = h11.Response(
-            status_code=code,
-            reason=starter.reason.encode("latin-1"),
-            headers=[(name.encode("ascii"), value.encode("latin-1")) for name, value in headers],
-        )
-        data = self.conn.send(event)
-        if self.keep_alive_10:
-            # h11 would say "Connection: close" to an HTTP/1.0 client; it still frames the
-            # body (there is a Content-Length, or none at all), so only the head is ours.
-            data = _serialize_head(code, starter.reason, headers)
+        data = _serialize_head(code, starter.reason, headers)
         self.committed = True
+        self.handler.responding = True
         self.info = ResponseInfo(starter.status or "", code, headers, 0)
         self._queue([data])
 
     def _final_headers(
         self, app_headers: list[tuple[str, str]], code: int
     ) -> list[tuple[str, str]]:
+        """The header fields to send, in order; decides the framing and whether to close."""
         headers: list[tuple[str, str]] = []
         has_date = has_server = False
         for name, raw_value in app_headers:
@@ -1040,8 +1034,10 @@ class _Response:
             if lname == "content-length":
                 if code == 204:  # RFC 9110 8.6: never on a 204
                     continue
-                if not (value.isascii() and value.isdigit()) or (
-                    self.content_length is not None and int(value) != self.content_length
+                if (
+                    not (value.isascii() and value.isdigit())
+                    or len(value) > _MAX_LENGTH_DIGITS
+                    or (self.content_length is not None and int(value) != self.content_length)
                 ):
                     raise ValueError(f"invalid Content-Length {value!r}")
                 if self.content_length is not None:
@@ -1069,11 +1065,17 @@ class _Response:
         elif remaining is not None and remaining > _MAX_DRAIN:
             # Too much unread body to drain after the response: say now that we will close.
             self.must_close = True
-        if not self.bodyless and self.content_length is None:
+        # The framing (RFC 9112 6.3), decided here and nowhere else: no body at all for HEAD,
+        # 204, 304 and a 2xx to CONNECT (a tunnel starts); else the application's
+        # Content-Length; else chunked for an HTTP/1.1 client, and the end of the connection
+        # for an HTTP/1.0 one. A HEAD response announces what a GET would get (RFC 9110 9.3.2).
+        no_body_status = code in (204, 304) or (self.connect and code < 300)
+        self.bodyless = self.head or no_body_status
+        if self.content_length is None and not no_body_status:
             if self.http11:
-                # h11 would add it too; listed here so that hooks and the access log see it.
                 headers.append(("Transfer-Encoding", "chunked"))
-            else:
+                self.chunked = not self.head
+            elif not self.head:
                 self.must_close = True  # the body is delimited by closing the connection
         if self.must_close:
             self.keep_alive_10 = False
@@ -1091,8 +1093,9 @@ class _Response:
 
     # -- output buffer ---------------------------------------------------------------------
 
-    def _queue(self, parts: list[Any] | None, body_bytes: int = 0) -> None:
-        """Queue what h11 produced for one event (its pieces, not joined)."""
+    def _queue(self, parts: list[bytes], body_bytes: int = 0) -> None:
+        """Queue the pieces of one part of the response (not joined: that happens once, in
+        :meth:`flush`)."""
         self._body_bytes += body_bytes
         self._pending_body += body_bytes
         if parts:

@@ -17,7 +17,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -82,6 +82,10 @@ class Rejected(Exception):
         self.reason = reason
 
 
+#: How many peer addresses an :class:`AddressAllowList` remembers its decision for.
+_MAX_REMEMBERED_PEERS: Final = 1024
+
+
 class AddressAllowList:
     """A parsed ``forwarded_allow_ips`` / ``proxy_allow_ips`` list (``*`` allows everyone)."""
 
@@ -89,15 +93,33 @@ class AddressAllowList:
         entries = [e.strip() for e in entries if e.strip()]
         self.allow_all = "*" in entries
         self.networks = tuple(ipaddress.ip_network(e) for e in entries if e != "*")
+        # Decisions by host: parsing an address costs more than the rest of a small
+        # request's validation, and a worker sees the same few peers (often one proxy) again
+        # and again. Bounded, since the peers of a public server are not.
+        self._decisions: dict[str, bool] = {}
 
     def allows(self, peer: object) -> bool:
         """True if ``peer`` (a socket address) is allowed; a non-IP peer (a UNIX socket) is,
         as in Gunicorn: only a local process can connect to it."""
         if self.allow_all or not isinstance(peer, tuple):
             return True
+        if not peer:
+            return False
+        host = peer[0]
+        if not isinstance(host, str):
+            return self._decide(host)
+        decision = self._decisions.get(host)
+        if decision is None:
+            decision = self._decide(host)
+            if len(self._decisions) >= _MAX_REMEMBERED_PEERS:
+                self._decisions.clear()
+            self._decisions[host] = decision
+        return decision
+
+    def _decide(self, host: Any) -> bool:
         try:
-            ip = ipaddress.ip_address(peer[0])
-        except (ValueError, IndexError, TypeError):
+            ip = ipaddress.ip_address(host)
+        except (ValueError, TypeError):
             return False
         return any(ip in net for net in self.networks)
 

@@ -857,3 +857,59 @@ def test_request_started_close_on_http10_keepalive() -> None:
     out = serve(hello_app, req + req, hooks=FakeHooks(close_after=1))
     assert out.result == Closed()
     assert one(out.raw).headers["connection"] == "close"
+
+
+# ------------------------------------------------------------- response serialization
+
+
+def test_no_100_continue_once_the_response_began() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        write = start_response("200 OK", [("Content-Length", "2")])
+        write(b"ok")
+        environ["wsgi.input"].read()  # too late for an interim response
+        return []
+
+    def client(s: socket.socket) -> None:
+        s.sendall(
+            b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        got = b""
+        while not got.endswith(b"ok"):
+            got += s.recv(1)
+        assert got.startswith(b"HTTP/1.1 200 ")
+        s.sendall(b"hello")
+
+    out = serve(app, client=client)
+    assert b" 100 " not in out.raw
+
+
+def test_content_length_of_more_than_20_digits_gives_500() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "1" * 21)])
+        return [b"x"]
+
+    out = serve(app, GET)
+    assert one(out.raw).status == 500
+    assert out.result == Closed()
+
+
+def test_head_without_length_announces_chunked_like_a_get() -> None:
+    out = serve(streaming_app, b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
+    assert isinstance(out.result, Idle)
+    responses, rest = parse(out.raw, ["HEAD", "GET"])
+    assert rest == b""
+    assert responses[0].headers["transfer-encoding"] == "chunked"
+    assert responses[0].body == b""
+    assert responses[1].body == b"one,two"
+
+
+def test_response_head_bytes() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response("201 Made", [("X-A", " v "), ("Host", "h"), ("Date", "D")])
+        return [b"abc", b"de"]
+
+    out = serve(app, GET)
+    assert out.raw == (
+        b"HTTP/1.1 201 Made\r\nHost: h\r\nServer: test-server/1\r\nX-A: v\r\nDate: D\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
