@@ -657,6 +657,7 @@ class Dispatcher:
         self._queue.extendleft(reversed(back))
         self.stats["requeued"] += len(back)
         return len(back)
+
     def _refused(self, conn: ClientConnection, link: WorkerLink) -> None:
         conn.refusals += 1
         self.stats["refused"] += 1
