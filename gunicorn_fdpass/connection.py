@@ -13,11 +13,15 @@ Who does what:
   :mod:`~gunicorn_fdpass.proxy_protocol`). A refused head never reaches h11 or the application.
 - h11 is the request engine: it frames the request body (``Data``/``EndOfMessage``) and
   tracks ``100-continue``. Each request gets a fresh h11 connection (``_Handler._next_cycle``).
-- :class:`_Response` writes responses itself, without h11 (whose per-response checks cost more
-  than the rest of a small request): the status line and header fields, then the body
-  delimited by Content-Length, chunked or by closing the connection; HEAD, 204, 304 and a 2xx
-  to CONNECT without a body. The rules that decide this are in one place,
-  :meth:`_Response._final_headers`; the bytes are what h11 wrote for the same decisions.
+- :class:`_Handler` (this module) runs the loop: reads heads and bodies from the socket,
+  builds the environ, calls the application and the hooks, drains what is left of a body,
+  and decides whether the connection is kept (``Idle``) or closed (``Closed``).
+- :mod:`~gunicorn_fdpass.response` writes each response, without h11 (whose per-response
+  checks cost more than the rest of a small request): ``start_response`` state, the checks
+  on the application's header fields, the framing decision and the output buffer. It sees
+  the connection only as a :class:`~gunicorn_fdpass.response.ResponseSink` (send, sendfile,
+  "the response has begun", "does the unread body force a close?"), which
+  :class:`_Handler` implements.
 
 **Invariant.** For every accepted request, the validator's framing decision and h11's are
 identical, because h11 never sees the client's header fields: it gets a head regenerated from
@@ -39,17 +43,15 @@ connection.
 from __future__ import annotations
 
 import datetime
-import os
 import select
 import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from enum import Enum
-from typing import IO, Any, Final, Protocol, cast
+from typing import IO, Any, Final, ParamSpec, Protocol, TypeVar, cast
 
 import h11
 
@@ -64,12 +66,12 @@ from .request_rules import (
     find_head_end,
     parse_head,
 )
+from .response import Abort, PeerGone, Response, ResponseInfo, error_response
 from .settings import FdpassSettings
 from .wsgi import (
     Address,
     FileWrapper,
     InputStream,
-    ResponseStarter,
     WSGIApp,
     build_environ,
 )
@@ -87,9 +89,6 @@ __all__ = [
 ]
 
 _RECV_SIZE = 64 * 1024
-# Body pieces that are all available at once (a list response) are joined into sends of
-# about this size instead of one syscall per piece.
-_SEND_BUFFER = 64 * 1024
 # How much unread request body we are willing to read and discard to keep a connection alive;
 # beyond that, closing is cheaper than swallowing an upload nobody wanted.
 _MAX_DRAIN = 64 * 1024
@@ -101,6 +100,9 @@ _SPOOL_IN_MEMORY = 1024 * 1024
 
 # The FDPASS_* defaults are the one source of the knobs HttpConfig shares with them.
 _DEFAULTS: Final = FdpassSettings()
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -144,16 +146,6 @@ class RequestInfo:
     headers: list[tuple[str, str]]  # names upper-case, like Gunicorn
     scheme: str
     remote_addr: str | tuple[Any, ...]
-
-
-@dataclass
-class ResponseInfo:
-    """The response as hooks and the access log see it (``resp``)."""
-
-    status: str = ""  # "200 OK"
-    status_code: int = 0
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    sent: int = 0  # body bytes sent
 
 
 class RequestHooks(Protocol):
@@ -216,44 +208,6 @@ class RequestBodyError(OSError):
         self.status_hint = status_hint
 
 
-class _PeerGone(Exception):
-    """Sending to the client failed: nothing more can be sent on this connection."""
-
-
-class _Abort(Exception):
-    """The response cannot be completed correctly (already logged): drop the connection."""
-
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _http_date() -> str:
-    """The current time as an IMF-fixdate, recomputed at most once per second."""
-    global _date_cache
-    now = int(time.time())
-    cached_at, value = _date_cache
-    if cached_at != now:
-        value = formatdate(now, usegmt=True)
-        _date_cache = (now, value)
-    return value
-
-
-# Reason phrases of the statuses the server answers by itself. Not taken from the standard
-# library's ``http`` module: a master started as ``python -m gunicorn`` and re-executed by USR2
-# runs gunicorn/__main__.py as a script, and Gunicorn's own ``http`` package then shadows it.
-_REASONS: Final = {
-    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
-    411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
-    417: "Expectation Failed", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
-}
-
-
-def _reason(code: int) -> str:
-    return _REASONS.get(code, "Error")
-
-
 def _address(get: Any) -> Address:
     try:
         return cast(Address, get())
@@ -279,7 +233,8 @@ def serve_connection(
 
 
 class _Handler:
-    """State of one connection across its requests."""
+    """State of one connection across its requests; the
+    :class:`~gunicorn_fdpass.response.ResponseSink` each response is written to."""
 
     def __init__(
         self,
@@ -495,7 +450,15 @@ class _Handler:
             or "close" in tokens
             or (http10 and not keep_alive_10)
         )
-        resp = _Response(self, request, want_close=want_close, keep_alive_10=keep_alive_10)
+        resp = Response(
+            self,
+            self.conn,
+            request,
+            server_software=self.config.server_software,
+            log=self.log,
+            want_close=want_close,
+            keep_alive_10=keep_alive_10,
+        )
         try:
             self._run_app(environ, req, resp)
         finally:
@@ -566,7 +529,7 @@ class _Handler:
         spool.seek(0)
         return cast(IO[bytes], spool)
 
-    def _run_app(self, environ: dict[str, Any], req: RequestInfo, resp: _Response) -> None:
+    def _run_app(self, environ: dict[str, Any], req: RequestInfo, resp: Response) -> None:
         result: Iterable[bytes] | None = None
         try:
             try:
@@ -585,9 +548,9 @@ class _Handler:
             finally:
                 if result is not None:
                     self._close_iterable(result)
-        except _PeerGone as exc:
+        except PeerGone as exc:
             self.log.debug("Client %s went away: %s", self.client_addr, exc)
-        except _Abort:
+        except Abort:
             self._abort(resp)
         except RequestBodyError as exc:
             # The application let a failed body read escape: the client is at fault.
@@ -701,36 +664,62 @@ class _Handler:
         )
         try:
             self.sendall(data)
-        except _PeerGone as exc:
+        except PeerGone as exc:
             raise self._body_failed(f"client went away: {exc}") from None
 
-    # -- output ----------------------------------------------------------------------------
+    # -- output: the ResponseSink that response.Response writes through -------------------
+    # (with ``plain``, set in __init__)
+
+    def blocking(self) -> bool:
+        return self.sock.gettimeout() != 0
 
     def sendall(self, data: bytes) -> None:
+        self._send(self.sock.sendall, data)
+
+    def sendfile(self, file: IO[bytes], offset: int, count: int) -> int:
+        return self._send(self.sock.sendfile, file, offset, count)
+
+    def _send(self, send: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Call a socket send method; the first failure makes the connection dead for good."""
         if self.dead:
-            raise _PeerGone("connection already failed")
+            raise PeerGone("connection already failed")
         try:
-            self.sock.sendall(data)
+            return send(*args, **kwargs)
         except OSError as exc:
             self.dead = True
-            raise _PeerGone(str(exc) or type(exc).__name__) from exc
+            raise PeerGone(str(exc) or type(exc).__name__) from exc
+
+    def response_begun(self) -> None:
+        self.responding = True
+
+    def unread_body_forbids_reuse(self) -> bool:
+        if self.conn.they_are_waiting_for_100_continue:
+            # The application never read the body, so we never asked for it: the client may
+            # or may not send it now, and the connection cannot be trusted for another request.
+            return True
+        # Too much unread body to drain after the response (_drain_body): say now that we
+        # will close.
+        remaining = self.body.remaining if self.body is not None else None
+        return remaining is not None and remaining > _MAX_DRAIN
+
+    # -- errors and closing ----------------------------------------------------------------
 
     def _send_error(self, status_code: int) -> None:
         """Answer a request that could not be served (refused, timed out) and plan to close."""
-        data, _ = _error_response(self.conn, status_code, self.config.server_software, False)
+        data, _ = error_response(self.conn, status_code, self.config.server_software, False)
         if not data:
             return
         try:
             self.sendall(data)
-        except _PeerGone as exc:
+        except PeerGone as exc:
             self.log.debug("Cannot send %d to %s: %s", status_code, self.client_addr, exc)
 
-    def _abort(self, resp: _Response) -> None:
+    def _abort(self, resp: Response) -> None:
         """Drop a connection whose response cannot be completed: the client must see a
         truncated message, never a second response."""
         try:
             resp.flush()
-        except _PeerGone:
+        except PeerGone:
             pass
         self.aborted = True
         try:
@@ -790,62 +779,6 @@ def _printable_address(addr: Address) -> str | tuple[Any, ...]:
     return addr or ""
 
 
-def _error_response(
-    conn: h11.Connection, status_code: int, server_software: str, head: bool
-) -> tuple[bytes, ResponseInfo]:
-    """Serialize (through h11) a small plain-text error response with ``Connection: close``.
-
-    Returns the bytes to send (empty if h11's state does not allow a response any more: one
-    was already begun) and the response as the hooks see it.
-    """
-    reason = _reason(status_code)
-    body = f"{status_code} {reason}\n".encode()
-    headers = [("Date", _http_date())]
-    if server_software:
-        headers.insert(0, ("Server", server_software))
-    headers += [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        ("Connection", "close"),
-    ]
-    event = h11.Response(
-        status_code=status_code,
-        reason=reason.encode("latin-1"),
-        headers=[(name.encode("ascii"), value.encode("latin-1")) for name, value in headers],
-    )
-    try:
-        parts = [conn.send(event)]
-        if not head:
-            parts.append(conn.send(h11.Data(data=body)))
-        parts.append(conn.send(h11.EndOfMessage()))
-    except h11.LocalProtocolError:
-        return b"", ResponseInfo()
-    info = ResponseInfo(f"{status_code} {reason}", status_code, headers, 0 if head else len(body))
-    return b"".join(parts), info
-
-
-def _serialize_head(status_code: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
-    """Status line and header fields, laid out as h11 wrote them (which puts a Host field,
-    should an application send one, first)."""
-    lines = [f"HTTP/1.1 {status_code} {reason}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers if name.lower() == "host"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers if name.lower() != "host"]
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
-
-
-def _chunk(data: bytes) -> list[bytes]:
-    """One piece of a chunked body (RFC 9112 7.1), never empty: that would end the body."""
-    return [b"%x\r\n" % len(data), data, b"\r\n"]
-
-
-# The end of a chunked body: the last chunk and an empty trailer section.
-_LAST_CHUNK: Final = b"0\r\n\r\n"
-# RFC 9110 8.6: Content-Length is 1*DIGIT; h11, which wrote responses before, refused more
-# than 20 digits, and an application asking for more still gets a 500.
-_MAX_LENGTH_DIGITS: Final = 20
-
-
 class _ErrorStream:
     """``wsgi.errors``: text written by the application goes to the error log."""
 
@@ -868,268 +801,3 @@ class _ErrorStream:
         if self._partial:
             self._log.error("%s", self._partial)
             self._partial = ""
-
-
-class _Response:
-    """The response to one request: start_response state, our checks, framing, output buffer.
-
-    The body is framed by the application's Content-Length if it gave one (never exceeded;
-    falling short drops the connection); otherwise chunked for HTTP/1.1, or delimited by
-    closing the connection for HTTP/1.0. HEAD, 204 and 304 responses (and a 2xx to CONNECT,
-    the start of a tunnel) never carry body bytes. :meth:`_final_headers` decides all this.
-    """
-
-    def __init__(
-        self, handler: _Handler, request: ParsedRequest, *, want_close: bool, keep_alive_10: bool
-    ) -> None:
-        self.handler = handler
-        self.conn = handler.conn
-        self.head = request.method == "HEAD"
-        self.connect = request.method == "CONNECT"
-        self.http11 = request.version >= (1, 1)
-        self.uri = request.target
-        self.starter = ResponseStarter(self.write, lambda: self.committed)
-        self.info = ResponseInfo()
-        self.must_close = want_close
-        self.keep_alive_10 = keep_alive_10 and not want_close
-        self.committed = False  # status and headers are fixed (queued or sent)
-        self.finished = False  # the whole response was sent
-        self.bodyless = False  # body bytes from the app are dropped
-        self.chunked = False  # the body goes out in chunks
-        self.content_length: int | None = None
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self._pending_body = 0  # body bytes in _pending (counted as sent once flushed)
-        self._body_bytes = 0  # body bytes accepted so far, sent or queued
-        self._too_long = False
-
-    # -- the WSGI side ---------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        """PEP 3333 ``write()`` callable: data goes out before this returns."""
-        if not self.starter.started:
-            raise RuntimeError("write() called before start_response()")
-        self.body(data)
-        self.flush()
-
-    def body(self, data: bytes) -> None:
-        """Queue one piece of the body (empty pieces are skipped: they mean nothing, and an
-        empty chunk would end a chunked body)."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"response body items must be bytes, not {type(data).__name__}")
-        if not data:
-            return
-        if not self.committed:
-            self._commit()
-        if self.bodyless:
-            return
-        data = bytes(data)
-        if self.content_length is not None:
-            room = self.content_length - self._body_bytes
-            if len(data) > room:
-                if not self._too_long:
-                    self._too_long = True
-                    self.handler.log.warning(
-                        "Application sent more than its Content-Length (%d) for %s: "
-                        "truncated, closing the connection",
-                        self.content_length,
-                        self.uri,
-                    )
-                self.must_close = True
-                data = data[:room]
-                if not data:
-                    return
-        self._queue(_chunk(data) if self.chunked else [data], len(data))
-
-    def finish(self) -> None:
-        """End the response (sending the head first if the body was empty)."""
-        if not self.committed:
-            self._commit()
-        if (
-            not self.bodyless
-            and self.content_length is not None
-            and self._body_bytes < self.content_length
-        ):
-            self.handler.log.error(
-                "Application sent %d of the %d bytes of its Content-Length for %s: "
-                "closing the connection",
-                self._body_bytes,
-                self.content_length,
-                self.uri,
-            )
-            raise _Abort
-        if self.chunked:
-            self._queue([_LAST_CHUNK])
-        self.flush()
-        self.finished = True
-
-    def sendfile(self, wrapper: FileWrapper) -> bool:
-        """Send a wsgi.file_wrapper's file with sendfile(); False to fall back to iterating
-        (no descriptor, no Content-Length to bound it, or TLS, whose encryption happens in
-        user space)."""
-        if not self.handler.plain or not self.starter.started:
-            return False
-        fd = wrapper.fileno()
-        if fd is None:
-            return False
-        if not self.committed:
-            self._commit()
-        if self.bodyless:
-            return True
-        sock = self.handler.sock
-        if self.content_length is None or sock.gettimeout() == 0:
-            return False
-        remaining = self.content_length - self._body_bytes
-        if remaining <= 0:
-            return True
-        try:
-            offset = wrapper.filelike.tell()
-        except (OSError, ValueError, AttributeError):
-            offset = os.lseek(fd, 0, os.SEEK_CUR)
-        self.flush()  # the head goes first
-        if self.handler.dead:
-            raise _PeerGone("connection already failed")
-        try:
-            sent = sock.sendfile(wrapper.filelike, offset, remaining)
-        except OSError as exc:
-            self.handler.dead = True
-            raise _PeerGone(str(exc) or type(exc).__name__) from exc
-        if sent:
-            self._body_bytes += sent
-            self.info.sent += sent
-        return True
-
-    # -- status line and headers -----------------------------------------------------------
-
-    def _commit(self) -> None:
-        starter = self.starter
-        if not starter.started:
-            raise RuntimeError("the application did not call start_response()")
-        code = starter.status_code
-        if code < 200:
-            raise ValueError(f"status {starter.status!r} cannot be a final response")
-        headers = self._final_headers(starter.headers, code)
-        data = _serialize_head(code, starter.reason, headers)
-        self.committed = True
-        self.handler.responding = True
-        self.info = ResponseInfo(starter.status or "", code, headers, 0)
-        self._queue([data])
-
-    def _final_headers(
-        self, app_headers: list[tuple[str, str]], code: int
-    ) -> list[tuple[str, str]]:
-        """The header fields to send, in order; decides the framing and whether to close."""
-        headers: list[tuple[str, str]] = []
-        has_date = has_server = False
-        for name, raw_value in app_headers:
-            lname = name.lower()
-            # RFC 9110 5.5: surrounding whitespace is not part of a field value.
-            value = raw_value.strip(" \t")
-            if lname == "connection":
-                # The only hop-by-hop field wsgi.validate_headers lets through: the server
-                # writes its own, honouring a "close" from the application.
-                if "close" in (t.strip(" \t").lower() for t in value.split(",")):
-                    self.must_close = True
-                continue
-            if lname == "content-length":
-                if code == 204:  # RFC 9110 8.6: never on a 204
-                    continue
-                if (
-                    not (value.isascii() and value.isdigit())
-                    or len(value) > _MAX_LENGTH_DIGITS
-                    or (self.content_length is not None and int(value) != self.content_length)
-                ):
-                    raise ValueError(f"invalid Content-Length {value!r}")
-                if self.content_length is not None:
-                    continue  # an identical repeat: send it once
-                self.content_length = int(value)
-            elif lname == "date":
-                has_date = True
-            elif lname == "server":
-                has_server = True
-            headers.append((name, value))
-        defaults: list[tuple[str, str]] = []
-        software = self.handler.config.server_software
-        if not has_server and software:
-            defaults.append(("Server", software))
-        if not has_date:
-            defaults.append(("Date", _http_date()))
-        headers = defaults + headers
-
-        handler = self.handler
-        remaining = handler.body.remaining if handler.body is not None else None
-        if self.conn.they_are_waiting_for_100_continue:
-            # The application never read the body, so we never asked for it: the client may
-            # or may not send it now, and the connection cannot be trusted for another request.
-            self.must_close = True
-        elif remaining is not None and remaining > _MAX_DRAIN:
-            # Too much unread body to drain after the response: say now that we will close.
-            self.must_close = True
-        # The framing (RFC 9112 6.3), decided here and nowhere else: no body at all for HEAD,
-        # 204, 304 and a 2xx to CONNECT (a tunnel starts); else the application's
-        # Content-Length; else chunked for an HTTP/1.1 client, and the end of the connection
-        # for an HTTP/1.0 one. A HEAD response announces what a GET would get (RFC 9110 9.3.2).
-        no_body_status = code in (204, 304) or (self.connect and code < 300)
-        self.bodyless = self.head or no_body_status
-        if self.content_length is None and not no_body_status:
-            if self.http11:
-                headers.append(("Transfer-Encoding", "chunked"))
-                self.chunked = not self.head
-            elif not self.head:
-                self.must_close = True  # the body is delimited by closing the connection
-        if self.must_close:
-            self.keep_alive_10 = False
-            headers.append(("Connection", "close"))
-        elif self.keep_alive_10:
-            headers.append(("Connection", "keep-alive"))
-        return headers
-
-    def final_info(self) -> ResponseInfo:
-        """The response for hooks: what was sent, or else what the application asked for."""
-        starter = self.starter
-        if self.committed or not starter.started:
-            return self.info
-        return ResponseInfo(starter.status or "", starter.status_code, list(starter.headers), 0)
-
-    # -- output buffer ---------------------------------------------------------------------
-
-    def _queue(self, parts: list[bytes], body_bytes: int = 0) -> None:
-        """Queue the pieces of one part of the response (not joined: that happens once, in
-        :meth:`flush`)."""
-        self._body_bytes += body_bytes
-        self._pending_body += body_bytes
-        if parts:
-            for part in parts:
-                self._pending.append(part)
-                self._pending_size += len(part)
-            if self._pending_size >= _SEND_BUFFER:
-                self.flush()
-
-    def flush(self) -> None:
-        """Send everything queued, in one call."""
-        if self._pending:
-            data = b"".join(self._pending)
-            body_bytes = self._pending_body
-            self._pending.clear()
-            self._pending_size = self._pending_body = 0
-            self.handler.sendall(data)
-            self.info.sent += body_bytes
-
-    def send_error(self, status_code: int) -> None:
-        """Answer with a small error response instead of the application's, then close."""
-        self.must_close = True
-        self._pending.clear()
-        self._pending_size = self._pending_body = 0
-        data, info = _error_response(
-            self.conn, status_code, self.handler.config.server_software, self.head
-        )
-        if not data:
-            return
-        self.info = info
-        self.committed = True
-        try:
-            self.handler.sendall(data)
-        except _PeerGone as exc:
-            self.handler.log.debug("Cannot send %d: %s", status_code, exc)
-            return
-        self.finished = True
