@@ -115,7 +115,9 @@ def test_spawned_and_respawned_workers_hold_no_fd_of_the_master(make_server,
                 results.append(srv.get(target, timeout=30).status)
             except Exception as exc:  # the killed worker's own request is lost
                 results.append(repr(exc))
-        slow = [threading.Thread(target=one, args=("/sleep?s=2",)) for _ in range(2)]
+        # Long enough that both are still running when the second one starts on a loaded
+        # machine (the master sends them to different workers: least busy first).
+        slow = [threading.Thread(target=one, args=("/sleep?s=4",)) for _ in range(2)]
         slow += [threading.Thread(target=one, args=("/sleep?s=0.05",)) for _ in range(4)]
         for t in slow[:2]:
             t.start()
