@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gunicorn_fdpass import dispatcher as dispatcher_module
 from gunicorn_fdpass import protocol
 from gunicorn_fdpass.channel import Channel, Received
 from gunicorn_fdpass.dispatcher import MAX_PEEK, MAX_REFUSALS, Dispatcher, DispatchSettings
@@ -481,3 +482,30 @@ def test_peek_buffer_is_bounded_whatever_the_request_limits() -> None:
         os.close(got.fd)
     finally:
         rig.close()
+
+
+def test_reserve_older_than_the_patience_goes_before_the_queue(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatcher_module, "RESERVE_PATIENCE", 0.0)
+    a = rig.worker(capacity=1)
+    b = rig.worker(capacity=1)
+    for _ in range(5):
+        rig.connect()
+        rig.spin(2)
+    # Each worker holds one connection to serve and one reserve; the fifth is queued.
+    assert rig.dispatcher.counts()["queued"] == 1
+    first_of_a = recv_until(a, rig)
+    reserve_of_a = protocol.decode(_peek_inbox(a)).conn_id  # type: ignore[union-attr]
+    # b serves both of its connections and becomes free while one is still queued: a's
+    # reserve (older than the patience) is taken back and goes to b before the queue.
+    _serve(b, recv_until(b, rig))
+    _serve(b, recv_until(b, rig))
+    moved = recv_until(b, rig)
+    assert isinstance(moved.message, protocol.Handoff)
+    assert moved.message.conn_id == reserve_of_a
+    _serve(b, moved)
+    _serve(a, first_of_a)
+    last = recv_until(a, rig)  # the queued one became a's new reserve meanwhile
+    assert isinstance(last.message, protocol.Handoff)
+    assert last.message.conn_id not in (reserve_of_a, first_of_a.message.conn_id)  # type: ignore[union-attr]
+    _serve(a, last)
