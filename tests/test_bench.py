@@ -22,7 +22,7 @@ from gunicorn_fdpass.bench.servers import WorkerSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["sync", "gthread/4", "fdpass"]
-CELL_RE = re.compile(r"^(-|[0-9.]+%?) \((-|[0-9.]+x)\)$")
+CELL_RE = re.compile(r"^(-|[0-9.]+%?) \((-|[0-9.]+x)(, [0-9.]+-[0-9.]+)?\)$")
 PROGRESS_RE = re.compile(r"^\[\s*(\d+)/(\d+)\] (\S+)\s+(\S+)\s+.* \((wrk|builtin[-a-z]*|-), "
                          r"[0-9.]+s\)$")
 
@@ -112,6 +112,39 @@ def test_format_table_gives_value_and_ratio_per_column() -> None:
     assert markdown[0] == "| scenario | metric | better | sync | gthread/4 | fdpass |"
     assert markdown[2] == ("| close | throughput (req/s) | higher | 1000 (1.00x) | "
                            "1500 (1.50x) | 2500 (2.50x) |")
+
+
+def test_rounds_give_medians_and_ratios_taken_within_each_round() -> None:
+    scenario = next(s for s in cli.SCENARIOS if s.name == "close")
+
+    def result(label: str, n: int, rps: float | None) -> cli.RunResult:
+        r = cli.RunResult("close", label, label, None, "app", "wrk", 1.0, round=n)
+        if rps is None:
+            r.error = "failed"
+        else:
+            r.metrics = {"requests_per_s": rps, "latency_ms": {"p99": 1.0}}
+        return r
+    # The machine is twice as fast in round 2; the ratio within each round is what matters.
+    results = [result("sync", 1, 100.0), result("fdpass", 1, 80.0),
+               result("sync", 2, 200.0), result("fdpass", 2, 180.0),
+               result("sync", 3, 150.0), result("fdpass", 3, None)]
+    row = cli.table_rows([scenario], results, ["sync", "fdpass"], "sync")[0]
+    assert row.values == {"sync": 150.0, "fdpass": 130.0}  # medians of what completed
+    assert row.round_ratios == {"sync": [1.0, 1.0, 1.0], "fdpass": [0.8, 0.9]}
+    assert row.ratios("sync") == {"sync": 1.0, "fdpass": pytest.approx(0.85)}
+    assert row.ratio_range("fdpass") == (0.8, 0.9)
+    assert stats.format_cell(row, "fdpass", 0.85) == "130 (0.85x, 0.80-0.90)"
+    assert stats.format_cell(row, "sync", 1.0) == "150 (1.00x)"  # no range to show
+    one_round = cli.table_rows([scenario], results[:2], ["sync", "fdpass"], "sync")[0]
+    assert one_round.round_ratios is None
+    assert one_round.ratios("sync")["fdpass"] == pytest.approx(0.8)
+
+
+def test_median() -> None:
+    assert stats.median([]) is None
+    assert stats.median([None, float("nan")]) is None
+    assert stats.median([3.0, None, 1.0]) == 2.0
+    assert stats.median([5.0, 1.0, 3.0]) == 3.0
 
 
 def test_headline_reads_a_dotted_path() -> None:
@@ -328,10 +361,11 @@ def check_report(doc: dict[str, Any], scenarios: list[str], labels: list[str]) -
         assert set(w) == {"label", "worker_class", "threads"}
     assert [s["name"] for s in doc["scenarios"]] == scenarios
     assert len(doc["results"]) == len(scenarios) * len(labels)
-    keys = {"scenario", "worker", "worker_class", "threads", "app", "loadgen", "elapsed_s",
-            "metrics", "error"}
+    keys = {"scenario", "round", "worker", "worker_class", "threads", "app", "loadgen",
+            "elapsed_s", "metrics", "error"}
+    assert doc["settings"]["repeat"] == 1
     for r in doc["results"]:
-        assert set(r) == keys
+        assert set(r) == keys and r["round"] == 1
         assert r["error"] is None, r
         assert r["scenario"] in scenarios and r["worker"] in labels
         assert isinstance(r["metrics"], dict) and r["elapsed_s"] > 0
@@ -486,3 +520,28 @@ def test_bad_arguments_stop_before_starting_anything() -> None:
                  ["-w", "0"]):
         with pytest.raises((SystemExit, ValueError)):
             cli.run(cli.build_parser().parse_args(argv), sys.stderr)
+
+
+def test_repeated_rounds_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    json_path = tmp_path / "out.json"
+    labels = ["sync", "fdpass"]
+    code = cli.main(["gunicorn_fdpass.bench.apps:app", "--classes",
+                     "sync,gunicorn_fdpass.Worker", "-s", "close", "--repeat", "2",
+                     "--loadgen", "builtin", "-d", "0.4", "--warmup", "0", "-c", "2",
+                     "--json", str(json_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    doc = json.loads(json_path.read_text())
+    assert doc["settings"]["repeat"] == 2
+    # The classes took turns within each round.
+    assert [(r["round"], r["worker"]) for r in doc["results"]] == [
+        (1, "sync"), (1, "fdpass"), (2, "sync"), (2, "fdpass")]
+    throughput = doc["table"][0]
+    assert len(throughput["round_ratios"]["fdpass"]) == 2
+    check_table(out, len(doc["table"]), labels)
+    progress = [line for line in err.splitlines() if line.startswith("[")]
+    assert [line.split()[1:4] for line in progress] == [
+        ["close", "1/2", "sync"], ["close", "1/2", "fdpass"],
+        ["close", "2/2", "sync"], ["close", "2/2", "fdpass"]]
+    assert cli.main(["--from-json", str(json_path)]) == 0
+    assert capsys.readouterr().out == out

@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from . import wrk
 from .scenarios import BENCH_APP, SCENARIO_NAMES, SCENARIOS, Options, Scenario, Target
 from .servers import Server, ServerError, WorkerSpec
-from .stats import Row, format_markdown_table, format_table, format_value
+from .stats import Row, format_markdown_table, format_table, format_value, median, ratio
 
 #: Identifies the JSON layout; bump on incompatible changes.
 SCHEMA = "gunicorn-fdpass-bench/1"
@@ -44,11 +44,13 @@ class RunResult:
     elapsed_s: float
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    round: int = 1  # with --repeat: which round (1-based)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form (see :func:`report`)."""
         return {
-            "scenario": self.scenario, "worker": self.label, "worker_class": self.worker_class,
+            "scenario": self.scenario, "round": self.round,
+            "worker": self.label, "worker_class": self.worker_class,
             "threads": self.threads, "app": self.app, "loadgen": self.loadgen,
             "elapsed_s": round(self.elapsed_s, 3), "metrics": _json_safe(self.metrics),
             "error": self.error,
@@ -104,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--duration", type=float, default=3.0,
                    help="seconds of measurement per scenario and worker class (3; wrk rounds "
                         "up to whole seconds)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run every scenario N times, the worker classes taking turns within "
+                        "each round; the table shows medians and the range of the ratios "
+                        "taken within each round (1)")
     p.add_argument("--warmup", type=float, default=0.5,
                    help="seconds of untimed load before each throughput scenario (0.5)")
     p.add_argument("-c", "--connections", type=int, default=16,
@@ -174,7 +180,8 @@ def _options(args: argparse.Namespace) -> Options:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    for name in ("workers", "threads", "connections", "slow_clients", "handoff_connections"):
+    for name in ("workers", "threads", "connections", "slow_clients", "handoff_connections",
+                 "repeat"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("duration", "slow_deadline", "timeout", "hol_rate"):
@@ -184,7 +191,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise SystemExit("--warmup and --rate must not be negative")
 
 
-def _progress(out: TextIO, n: int, total: int, result: RunResult, scenario: Scenario) -> None:
+def _progress(out: TextIO, n: int, total: int, result: RunResult, scenario: Scenario,
+              rounds: int) -> None:
     if result.error is not None:
         summary = f"FAILED: {result.error.splitlines()[0][:120]}"
     else:
@@ -198,7 +206,8 @@ def _progress(out: TextIO, n: int, total: int, result: RunResult, scenario: Scen
             parts.append("errors " + ",".join(f"{k}={v}" for k, v in errors.items()))
         summary = ", ".join(parts)
     width = len(str(total))
-    out.write(f"[{n:>{width}}/{total}] {result.scenario:<12} {result.label:<12} {summary} "
+    name = result.scenario if rounds == 1 else f"{result.scenario} {result.round}/{rounds}"
+    out.write(f"[{n:>{width}}/{total}] {name:<12} {result.label:<12} {summary} "
               f"({result.loadgen or '-'}, {result.elapsed_s:.1f}s)\n")
     out.flush()
 
@@ -221,21 +230,26 @@ def run(args: argparse.Namespace, progress: TextIO) -> dict[str, Any]:
     for scenario in chosen:
         key = (BENCH_APP, cwd) if scenario.uses_bench_app else (app, cwd)
         groups.setdefault(key, []).append(scenario)
-    total = len(chosen) * len(specs)
+    rounds = args.repeat
+    total = len(chosen) * len(specs) * rounds
     done = 0
     results: list[RunResult] = []
     for (group_app, group_cwd), scenarios in groups.items():
         servers = _start_servers(group_app, group_cwd, specs, args, progress)
         try:
             for scenario in scenarios:
-                for spec in specs:
-                    server = servers.get(spec)
-                    result = _run_one(scenario, spec, server, group_app, options, args)
-                    if result.error is not None and server is not None:
-                        servers[spec] = _restart(server, progress)
-                    results.append(result)
-                    done += 1
-                    _progress(progress, done, total, result, scenario)
+                # The classes take turns within each round, so that a slow phase of a noisy
+                # machine hits all of them rather than the one that happened to run then.
+                for round_no in range(1, rounds + 1):
+                    for spec in specs:
+                        server = servers.get(spec)
+                        result = _run_one(scenario, spec, server, group_app, options, args)
+                        result.round = round_no
+                        if result.error is not None and server is not None:
+                            servers[spec] = _restart(server, progress)
+                        results.append(result)
+                        done += 1
+                        _progress(progress, done, total, result, scenario, rounds)
         finally:
             for server in servers.values():
                 if server is not None:
@@ -297,18 +311,33 @@ def _run_one(scenario: Scenario, spec: WorkerSpec, server: Server | None, app: s
 
 
 def table_rows(scenarios: Sequence[Scenario], results: Sequence[RunResult],
-               labels: Sequence[str]) -> list[Row]:
-    """The comparison table's rows: every headline of every scenario that ran."""
-    by_key = {(r.scenario, r.label): r for r in results}
+               labels: Sequence[str], baseline: str) -> list[Row]:
+    """The comparison table's rows: every headline of every scenario that ran.
+
+    With several rounds, a value is the median over the rounds, and each worker's ratios
+    against ``baseline`` are taken within each round (see :class:`~.stats.Row`).
+    """
+    by_key = {(r.scenario, r.round, r.label): r for r in results if r.error is None}
+    rounds = sorted({r.round for r in results})
     rows = []
     for scenario in scenarios:
         for h in scenario.headlines:
-            values: dict[str, float | None] = {}
-            for label in labels:
-                r = by_key.get((scenario.name, label))
-                values[label] = None if r is None or r.error else h.value(r.metrics)
-            rows.append(Row(scenario.name, h.metric, h.unit, h.better, values))
+            per_round = {label: [_value(by_key.get((scenario.name, n, label)), h.value)
+                                 for n in rounds] for label in labels}
+            values = {label: median(per_round[label]) for label in labels}
+            round_ratios = None
+            if len(rounds) > 1:
+                base = per_round.get(baseline, [None] * len(rounds))
+                round_ratios = {label: [r for v, b in zip(per_round[label], base, strict=True)
+                                        if (r := ratio(v, b)) is not None]
+                                for label in labels}
+            rows.append(Row(scenario.name, h.metric, h.unit, h.better, values, round_ratios))
     return rows
+
+
+def _value(result: RunResult | None, read: Callable[[dict[str, Any]], float | None]
+           ) -> float | None:
+    return None if result is None else read(result.metrics)
 
 
 def report(args: argparse.Namespace, app: str, specs: Sequence[WorkerSpec], baseline: str,
@@ -316,7 +345,7 @@ def report(args: argparse.Namespace, app: str, specs: Sequence[WorkerSpec], base
            started: datetime.datetime) -> dict[str, Any]:
     """The JSON document; its layout is described in docs/benchmarks.md."""
     labels = [s.label for s in specs]
-    rows = table_rows(scenarios, results, labels)
+    rows = table_rows(scenarios, results, labels, baseline)
     return {
         "schema": SCHEMA,
         "started": started.isoformat(timespec="seconds"),
@@ -329,7 +358,7 @@ def report(args: argparse.Namespace, app: str, specs: Sequence[WorkerSpec], base
             "wrk": wrk.version(options.wrk_path) if options.wrk_path else None,
         },
         "settings": {
-            "workers": args.workers, "duration_s": options.duration_s,
+            "workers": args.workers, "repeat": args.repeat, "duration_s": options.duration_s,
             "warmup_s": options.warmup_s, "connections": options.connections,
             "path": options.path, "loadgen": options.loadgen,
             "throughput_loadgen": "wrk" if options.use_wrk() else (
@@ -349,14 +378,16 @@ def report(args: argparse.Namespace, app: str, specs: Sequence[WorkerSpec], base
             "scenario": row.scenario, "metric": row.metric, "unit": row.unit,
             "better": row.better, "values": _json_safe(dict(row.values)),
             "ratios": _json_safe(row.ratios(baseline)),
+            **({} if row.round_ratios is None else
+               {"round_ratios": _json_safe({k: list(v) for k, v in row.round_ratios.items()})}),
         } for row in rows],
     }
 
 
 def rows_from_report(doc: dict[str, Any]) -> list[Row]:
     """Rebuild the table rows from a report (e.g. one read back from JSON)."""
-    return [Row(t["scenario"], t["metric"], t["unit"], t["better"], t["values"])
-            for t in doc["table"]]
+    return [Row(t["scenario"], t["metric"], t["unit"], t["better"], t["values"],
+                t.get("round_ratios")) for t in doc["table"]]
 
 
 def _gunicorn_version() -> str | None:

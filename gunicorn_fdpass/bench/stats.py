@@ -93,18 +93,42 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the comparison table: one metric of one scenario for every worker."""
+    """One line of the comparison table: one metric of one scenario for every worker.
+
+    With repeated rounds (``--repeat``), ``values`` are the medians over the rounds and
+    ``round_ratios`` hold each worker's ratio against the baseline in every round that both
+    completed: the ratio shown is their median, with their range beside it, because ratios
+    taken within one round are what stays comparable on a noisy machine.
+    """
 
     scenario: str
     metric: str
     unit: str
     better: Better
     values: Mapping[str, float | None]
+    round_ratios: Mapping[str, Sequence[float]] | None = None
 
     def ratios(self, baseline: str) -> dict[str, float | None]:
-        """Each worker's value divided by the baseline worker's value."""
+        """Each worker's value divided by the baseline worker's value (with rounds: the
+        median of the per-round ratios)."""
+        if self.round_ratios is not None:
+            return {label: median(self.round_ratios.get(label, ())) for label in self.values}
         base = self.values.get(baseline)
         return {label: ratio(v, base) for label, v in self.values.items()}
+
+    def ratio_range(self, label: str) -> tuple[float, float] | None:
+        """Lowest and highest per-round ratio of ``label``; None without rounds."""
+        per_round = (self.round_ratios or {}).get(label)
+        return (min(per_round), max(per_round)) if per_round else None
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    """The median of the values that are not None (None if there are none)."""
+    present = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not present:
+        return None
+    mid = len(present) // 2
+    return present[mid] if len(present) % 2 else (present[mid - 1] + present[mid]) / 2
 
 
 def format_value(value: float | None, unit: str = "") -> str:
@@ -135,6 +159,15 @@ def format_ratio(value: float | None) -> str:
     return f"{value:.2f}x"
 
 
+def format_cell(row: Row, label: str, ratio_value: float | None) -> str:
+    """``value (ratio)``, or ``value (ratio, low-high)`` when the row has rounds."""
+    text = f"{format_value(row.values.get(label), row.unit)} ({format_ratio(ratio_value)}"
+    spread = row.ratio_range(label)
+    if spread is not None and spread[0] != spread[1]:
+        text += f", {spread[0]:.2f}-{spread[1]:.2f}"
+    return text + ")"
+
+
 def format_table(rows: Sequence[Row], labels: Sequence[str], baseline: str) -> str:
     """Render rows as a fixed-width text table; each cell is ``value (ratio vs baseline)``."""
     header = ["scenario", "metric", "better", *labels]
@@ -143,9 +176,7 @@ def format_table(rows: Sequence[Row], labels: Sequence[str], baseline: str) -> s
         ratios = row.ratios(baseline)
         cells = [row.scenario, f"{row.metric} ({row.unit})" if row.unit else row.metric,
                  row.better]
-        for label in labels:
-            value = format_value(row.values.get(label), row.unit)
-            cells.append(f"{value} ({format_ratio(ratios.get(label))})")
+        cells += [format_cell(row, label, ratios.get(label)) for label in labels]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
@@ -157,7 +188,10 @@ def format_table(rows: Sequence[Row], labels: Sequence[str], baseline: str) -> s
         out.append(text.rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
-    out.append(f"(value (ratio against {baseline}); 'better' says which direction is better)")
+    rounds = any(row.round_ratios is not None for row in rows)
+    out.append(f"(value (ratio against {baseline}"
+               + ("; median of the rounds, ratios taken within each round, their range" if rounds
+                  else "") + "); 'better' says which direction is better)")
     return "\n".join(out)
 
 
@@ -168,8 +202,7 @@ def format_markdown_table(rows: Sequence[Row], labels: Sequence[str], baseline: 
     for row in rows:
         ratios = row.ratios(baseline)
         metric = f"{row.metric} ({row.unit})" if row.unit else row.metric
-        cells = [f"{format_value(row.values.get(label), row.unit)} "
-                 f"({format_ratio(ratios.get(label))})" for label in labels]
+        cells = [format_cell(row, label, ratios.get(label)) for label in labels]
         out.append(f"| {row.scenario} | {metric} | {row.better} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
