@@ -545,3 +545,17 @@ def test_repeated_rounds_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
         ["close", "2/2", "sync"], ["close", "2/2", "fdpass"]]
     assert cli.main(["--from-json", str(json_path)]) == 0
     assert capsys.readouterr().out == out
+
+
+def test_plots_show_each_class_in_its_median_round() -> None:
+    from gunicorn_fdpass.bench import plots
+
+    def result(worker: str, n: int, jain: float | None, error: str | None = None
+               ) -> dict[str, Any]:
+        return {"scenario": "fairness", "round": n, "worker": worker, "error": error,
+                "metrics": {"jain": jain}}
+    doc = {"workers": [{"label": "sync"}, {"label": "fdpass"}], "results": [
+        result("fdpass", 1, 0.90), result("sync", 1, 0.99), result("fdpass", 2, 0.99),
+        result("sync", 2, None, "failed"), result("fdpass", 3, 0.95)]}
+    picked = plots._median_rounds(doc, "fairness", lambda m: m.get("jain"))
+    assert [(r["worker"], r["round"]) for r in picked] == [("sync", 1), ("fdpass", 3)]

@@ -4,11 +4,15 @@
   labelled with its ratio against the baseline;
 - ``hol_latency.png``: the fast requests' latency percentiles in the head-of-line scenario;
 - ``fairness.png``: each worker's share of the requests in the fairness scenario.
+
+With several rounds (``--repeat``), the last two show, for each worker class, its median round
+(by fast p99, by Jain's index).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +66,7 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
                      f"{doc['baseline']})", fontsize=10)
         save(fig, "comparison.png")
 
-    hol = [r for r in doc["results"] if r["scenario"] == "hol" and not r["error"]]
+    hol = _median_rounds(doc, "hol", lambda m: (m.get("latency_ms") or {}).get("p99"))
     if hol:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for r in hol:
@@ -74,11 +78,11 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
         ax.set_xlabel("percentile of fast requests")
         ax.set_ylabel("latency from intended send time (ms)")
         ax.set_yscale("log")
-        ax.set_title("head-of-line: fast requests among slow ones")
+        ax.set_title("head-of-line: fast requests among slow ones" + _rounds_note(doc))
         ax.legend()
         save(fig, "hol_latency.png")
 
-    fair = [r for r in doc["results"] if r["scenario"] == "fairness" and not r["error"]]
+    fair = _median_rounds(doc, "fairness", lambda m: m.get("jain"))
     if fair:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for n, r in enumerate(fair):
@@ -93,6 +97,26 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
         ax.set_xticklabels([f"{r['worker']}\nJain {r['metrics'].get('jain') or 0:.3f}"
                             for r in fair])
         ax.set_ylabel("share of requests per worker (%)")
-        ax.set_title("fairness: one block per worker process")
+        ax.set_title("fairness: one block per worker process" + _rounds_note(doc))
         save(fig, "fairness.png")
     return written
+
+
+def _median_rounds(doc: dict[str, Any], scenario: str,
+                   key: Callable[[dict[str, Any]], float | None]) -> list[dict[str, Any]]:
+    """The results of ``scenario`` that completed: per worker class, the round in the middle
+    when ordered by ``key`` (the only one without ``--repeat``), in column order."""
+    picked = []
+    for worker in doc["workers"]:
+        rounds = [r for r in doc["results"]
+                  if r["scenario"] == scenario and r["worker"] == worker["label"]
+                  and not r["error"]]
+        if rounds:
+            rounds.sort(key=lambda r: key(r["metrics"]) or 0.0)
+            picked.append(rounds[(len(rounds) - 1) // 2])
+    return picked
+
+
+def _rounds_note(doc: dict[str, Any]) -> str:
+    rounds = int(doc["settings"].get("repeat") or 1)
+    return f"\n(each class: its median round of {rounds})" if rounds > 1 else ""
