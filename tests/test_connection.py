@@ -338,14 +338,19 @@ def test_chunked_post() -> None:
     assert out.result == Idle(leftover=b"")
 
 
-def test_head_keeps_content_length_sends_no_body() -> None:
-    out = serve(hello_app, b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
+@pytest.mark.parametrize(("app", "field", "value", "get_body"), [
+    (hello_app, "content-length", "8", b"hello /x"),  # the app's Content-Length is kept
+    (streaming_app, "transfer-encoding", "chunked", b"one,two"),  # announced like a GET's
+])
+def test_head_announces_the_get_framing_and_sends_no_body(
+        app: Any, field: str, value: str, get_body: bytes) -> None:
+    out = serve(app, b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
     assert isinstance(out.result, Idle)
     responses, rest = parse(out.raw, ["HEAD", "GET"])
     assert rest == b""
-    assert responses[0].headers["content-length"] == "8"
+    assert responses[0].headers[field] == value
     assert responses[0].body == b""
-    assert responses[1].body == b"hello /x"
+    assert responses[1].body == get_body
     assert out.hooks.accessed[0][0].sent == 0
 
 
@@ -891,16 +896,6 @@ def test_content_length_of_more_than_20_digits_gives_500() -> None:
     out = serve(app, GET)
     assert one(out.raw).status == 500
     assert out.result == Closed()
-
-
-def test_head_without_length_announces_chunked_like_a_get() -> None:
-    out = serve(streaming_app, b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
-    assert isinstance(out.result, Idle)
-    responses, rest = parse(out.raw, ["HEAD", "GET"])
-    assert rest == b""
-    assert responses[0].headers["transfer-encoding"] == "chunked"
-    assert responses[0].body == b""
-    assert responses[1].body == b"one,two"
 
 
 def test_response_head_bytes() -> None:
