@@ -165,8 +165,10 @@ def test_usr2_new_master_and_its_workers_hold_nothing_of_the_old_master(
     ``fd://N``, a number the old master no longer has open: EBADF, the same with ``-k
     sync``); ``python -m gunicorn`` has its own USR2 problem (see test_integration_deploy).
     """
+    # --keep-alive 30: the parked connections must outlive the new master's start-up, which
+    # can take longer than Gunicorn's default 2 s on a loaded machine.
     cmd = gunicorn_cmd("--bind", "127.0.0.1:0", "-w", "1", "--graceful-timeout", "3",
-                       "tests.apps:app", script=True)
+                       "--keep-alive", "30", "tests.apps:app", script=True)
     srv = Launched(cmd, tmp_path / "server.log", env={"FDPASS_STATS_FILE": str(stats_path)})
     new_master = 0
     new_workers: list[int] = []
