@@ -66,7 +66,7 @@ from .request_rules import (
     find_head_end,
     parse_head,
 )
-from .response import Abort, PeerGone, Response, ResponseInfo, error_response
+from .response import Abort, ClientGone, Response, ResponseInfo, error_response
 from .settings import FdpassSettings
 from .wsgi import (
     Address,
@@ -548,7 +548,7 @@ class _Handler:
             finally:
                 if result is not None:
                     self._close_iterable(result)
-        except PeerGone as exc:
+        except ClientGone as exc:
             self.log.debug("Client %s went away: %s", self.client_addr, exc)
         except Abort:
             self._abort(resp)
@@ -664,7 +664,7 @@ class _Handler:
         )
         try:
             self.sendall(data)
-        except PeerGone as exc:
+        except ClientGone as exc:
             raise self._body_failed(f"client went away: {exc}") from None
 
     # -- output: the ResponseSink that response.Response writes through -------------------
@@ -682,12 +682,12 @@ class _Handler:
     def _send(self, send: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Call a socket send method; the first failure makes the connection dead for good."""
         if self.dead:
-            raise PeerGone("connection already failed")
+            raise ClientGone("connection already failed")
         try:
             return send(*args, **kwargs)
         except OSError as exc:
             self.dead = True
-            raise PeerGone(str(exc) or type(exc).__name__) from exc
+            raise ClientGone(str(exc) or type(exc).__name__) from exc
 
     def response_begun(self) -> None:
         self.responding = True
@@ -711,7 +711,7 @@ class _Handler:
             return
         try:
             self.sendall(data)
-        except PeerGone as exc:
+        except ClientGone as exc:
             self.log.debug("Cannot send %d to %s: %s", status_code, self.client_addr, exc)
 
     def _abort(self, resp: Response) -> None:
@@ -719,7 +719,7 @@ class _Handler:
         truncated message, never a second response."""
         try:
             resp.flush()
-        except PeerGone:
+        except ClientGone:
             pass
         self.aborted = True
         try:

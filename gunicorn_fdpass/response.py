@@ -22,7 +22,7 @@ The bytes are what h11 wrote for the same decisions, when it still wrote respons
 The writer knows nothing of the connection loop: it sends through a :class:`ResponseSink`
 (in practice the handler of :mod:`~gunicorn_fdpass.connection`), and reports what it sent as
 a :class:`ResponseInfo`, which the hooks and the access log see. Failures reach the caller as
-exceptions: :class:`PeerGone` (the client cannot be sent to any more) and :class:`Abort` (the
+exceptions: :class:`ClientGone` (the client cannot be sent to any more) and :class:`Abort` (the
 response cannot be completed correctly; the connection must be dropped).
 """
 
@@ -41,7 +41,7 @@ from .wsgi import FileWrapper, ResponseStarter
 
 __all__ = [
     "Abort",
-    "PeerGone",
+    "ClientGone",
     "Response",
     "ResponseInfo",
     "ResponseSink",
@@ -68,7 +68,7 @@ class ResponseInfo:
     sent: int = 0  # body bytes sent
 
 
-class PeerGone(Exception):
+class ClientGone(Exception):
     """Sending to the client failed: nothing more can be sent on this connection."""
 
 
@@ -92,12 +92,12 @@ class ResponseSink(Protocol):
         ...
 
     def sendall(self, data: bytes) -> None:
-        """Send all of ``data``; :class:`PeerGone` if the connection failed, now or before."""
+        """Send all of ``data``; :class:`ClientGone` if the connection failed, now or before."""
         ...
 
     def sendfile(self, file: IO[bytes], offset: int, count: int) -> int:
         """Send up to ``count`` bytes of ``file`` from ``offset`` with ``sendfile()``; the
-        number sent. :class:`PeerGone` as for :meth:`sendall`."""
+        number sent. :class:`ClientGone` as for :meth:`sendall`."""
         ...
 
     def response_begun(self) -> None:
@@ -446,7 +446,7 @@ class Response:
         self.committed = True
         try:
             self.sink.sendall(data)
-        except PeerGone as exc:
+        except ClientGone as exc:
             self.log.debug("Cannot send %d: %s", status_code, exc)
             return
         self.finished = True
