@@ -151,3 +151,34 @@ def test_reserve_behind_a_slow_request_moves_to_the_worker_that_frees_up_first(
     # It was taken back out of the slow worker's inbox, not sent to the free worker at once.
     assert poll(lambda: json.loads(stats_file.read_text())["requeued"] >= 1, timeout=5), (
         stats_file.read_text())
+
+
+def test_reserve_of_a_killed_worker_is_served_by_its_replacement(
+        make_server, tmp_path: Path) -> None:
+    """A worker is SIGKILLed while a reserve waits unread in its inbox: only the request it
+    was serving is lost; the master takes the reserve back and the replacement serves it,
+    without waiting for the other (busy) worker."""
+    stats_file = tmp_path / "stats.json"
+    srv: GunicornServer = make_server(workers=2, env={"FDPASS_STATS_FILE": str(stats_file)})
+    before = _all_serving(srv)
+    _busy_in_the_masters_view(stats_file, 0)
+    with ThreadPoolExecutor(3) as pool:
+        doomed = pool.submit(lambda: srv.get("/sleep?s=8", timeout=30))
+        _busy_in_the_masters_view(stats_file, 1)
+        busy = pool.submit(lambda: srv.get("/sleep?s=8", timeout=30))
+        _busy_in_the_masters_view(stats_file, 2)
+        reserve = pool.submit(lambda: srv.get("/pid", timeout=30))
+        _busy_in_the_masters_view(stats_file, 3)  # the reserve sits in a worker's inbox
+        # The reserve went to the worker picked longest ago: the one serving `doomed`.
+        by_worker = json.loads(stats_file.read_text())["busy_by_worker"]
+        holder = next(int(pid) for pid, n in by_worker.items() if n == 2)
+        os.kill(holder, signal.SIGKILL)
+        started = time.monotonic()
+        served_by = int(reserve.result(timeout=30).text)
+        waited = time.monotonic() - started
+        assert not busy.done(), "the other worker finished first: nothing was proven"
+        assert busy.result().status == 200
+        with pytest.raises(Exception):  # noqa: B017  # the killed worker's own request
+            doomed.result()
+    assert served_by not in before, "served by an old worker, not the replacement"
+    assert waited < 6.0
