@@ -118,7 +118,7 @@ def _after_fork_in_child() -> None:
 
 
 def take_inherited_channel(expected: WorkerEnds) -> None:
-    """In a worker: confirm that the channel kept at fork time is this worker's own."""
+    """In a worker: confirm that the ends kept at fork time are this worker's own."""
     global _INHERITED_CHANNEL
     kept, _INHERITED_CHANNEL = _INHERITED_CHANNEL, None
     if kept is not expected:

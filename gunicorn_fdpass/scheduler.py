@@ -8,8 +8,9 @@ favouring the first worker as a kernel accept queue tends to.
 Reserves: a worker may be given ``reserve`` connections beyond its capacity, but only while no
 worker has a free slot. A reserve waits, unread, until its worker is free, so the worker goes on
 without waiting for the master. It is not a promise: when another worker frees a slot first,
-the master takes the reserve back (:meth:`Scheduler.overbooked` names who holds one) and gives
-it to that worker, so no connection waits behind a slow request while a worker idles.
+the master may take the reserve back (:meth:`Scheduler.overbooked` names who holds one; when
+it does is the dispatcher's ``RESERVE_PATIENCE`` rule) and give it to that worker, so no
+connection waits behind a slow request while a worker idles.
 """
 
 from __future__ import annotations
