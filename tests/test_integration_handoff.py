@@ -7,8 +7,9 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,13 +53,31 @@ def _busy_in_the_masters_view(stats_file: Path, busy: int) -> None:
     raise AssertionError(f"the master never reported {busy} busy slots")
 
 
-def test_connection_sent_to_a_worker_that_dies_before_taking_it_is_served_by_another(
-        make_server, tmp_path: Path) -> None:
+def _two_idle_workers(make_server: Any, tmp_path: Path) -> tuple[GunicornServer, Path, list[int]]:
+    """A server of two workers writing a stats file; returns (server, stats file, worker
+    pids) once both have served and the master counts them idle."""
     stats_file = tmp_path / "stats.json"
     srv: GunicornServer = make_server(workers=2, env={"FDPASS_STATS_FILE": str(stats_file)})
-    stopped, other = _all_serving(srv)
-    # Stop it only once the master counts it free, or nothing would be sent to it.
+    pids = _all_serving(srv)
     _busy_in_the_masters_view(stats_file, 0)
+    return srv, stats_file, pids
+
+
+def _occupy_both_workers(srv: GunicornServer, pool: ThreadPoolExecutor, stats_file: Path,
+                         first_s: float, second_s: float) -> tuple[Future[Any], Future[Any]]:
+    """Start ``/sleep`` requests of these lengths, one per worker, in this order (the master
+    counts the first busy before the second is sent, so they are picked in order)."""
+    first = pool.submit(srv.get, f"/sleep?s={first_s:g}", timeout=30)
+    _busy_in_the_masters_view(stats_file, 1)
+    second = pool.submit(srv.get, f"/sleep?s={second_s:g}", timeout=30)
+    _busy_in_the_masters_view(stats_file, 2)
+    return first, second
+
+
+def test_connection_sent_to_a_worker_that_dies_before_taking_it_is_served_by_another(
+        make_server, tmp_path: Path) -> None:
+    # Stop it only once the master counts it free, or nothing would be sent to it.
+    srv, _, (stopped, other) = _two_idle_workers(make_server, tmp_path)
     os.kill(stopped, signal.SIGSTOP)  # it cannot take anything sent to it now
     try:
         n = 4
@@ -121,23 +140,16 @@ def test_master_stays_single_threaded_so_forks_are_safe(make_server) -> None:
     assert "multi-threaded" not in srv.log_text()
 
 
-
 def test_reserve_behind_a_slow_request_moves_to_the_worker_that_frees_up_first(
         make_server, tmp_path: Path) -> None:
     """Both workers busy; the next connection becomes the reserve of the worker picked
     longest ago, the slow one. When the other worker finishes, the master takes the reserve
     back out of the slow worker's inbox and hands it over: it does not wait for the slow
     request."""
-    stats_file = tmp_path / "stats.json"
-    srv: GunicornServer = make_server(workers=2, env={"FDPASS_STATS_FILE": str(stats_file)})
-    _all_serving(srv)
-    _busy_in_the_masters_view(stats_file, 0)
+    srv, stats_file, _ = _two_idle_workers(make_server, tmp_path)
     with ThreadPoolExecutor(3) as pool:
-        slow = pool.submit(lambda: srv.get("/sleep?s=7", timeout=30))
-        _busy_in_the_masters_view(stats_file, 1)
-        # Long enough to outlast the wait for the next stats report (one per second).
-        short = pool.submit(lambda: srv.get("/sleep?s=2.5", timeout=30))
-        _busy_in_the_masters_view(stats_file, 2)
+        # The short one outlasts the wait for the next stats report (one per second).
+        slow, short = _occupy_both_workers(srv, pool, stats_file, 7, 2.5)
         started = time.monotonic()
         reserve = pool.submit(lambda: srv.get("/pid", timeout=30))
         reserve_pid = int(reserve.result(timeout=30).text)
@@ -158,15 +170,9 @@ def test_reserve_of_a_killed_worker_is_served_by_its_replacement(
     """A worker is SIGKILLed while a reserve waits unread in its inbox: only the request it
     was serving is lost; the master takes the reserve back and the replacement serves it,
     without waiting for the other (busy) worker."""
-    stats_file = tmp_path / "stats.json"
-    srv: GunicornServer = make_server(workers=2, env={"FDPASS_STATS_FILE": str(stats_file)})
-    before = _all_serving(srv)
-    _busy_in_the_masters_view(stats_file, 0)
+    srv, stats_file, before = _two_idle_workers(make_server, tmp_path)
     with ThreadPoolExecutor(3) as pool:
-        doomed = pool.submit(lambda: srv.get("/sleep?s=8", timeout=30))
-        _busy_in_the_masters_view(stats_file, 1)
-        busy = pool.submit(lambda: srv.get("/sleep?s=8", timeout=30))
-        _busy_in_the_masters_view(stats_file, 2)
+        doomed, busy = _occupy_both_workers(srv, pool, stats_file, 8, 8)
         reserve = pool.submit(lambda: srv.get("/pid", timeout=30))
         _busy_in_the_masters_view(stats_file, 3)  # the reserve sits in a worker's inbox
         # The reserve went to the worker picked longest ago: the one serving `doomed`.
