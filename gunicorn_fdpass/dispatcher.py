@@ -654,9 +654,14 @@ class Dispatcher:
             if conn is not None:
                 self._scheduler.release(link)
                 back.append(conn)
-        self._queue.extendleft(reversed(back))
-        self.stats["requeued"] += len(back)
+        self._requeue_first(back)
         return len(back)
+
+    def _requeue_first(self, conns: list[ClientConnection]) -> None:
+        """Put connections that were handed out but not served back at the head of the queue,
+        in their order: they are the oldest work."""
+        self._queue.extendleft(reversed(conns))
+        self.stats["requeued"] += len(conns)
 
     def _refused(self, conn: ClientConnection, link: WorkerLink) -> None:
         conn.refusals += 1
@@ -690,8 +695,7 @@ class Dispatcher:
         self._links.remove(link)
         untaken = list(link.untaken.values())
         link.untaken.clear()
-        self._queue.extendleft(reversed(untaken))
-        self.stats["requeued"] += len(untaken)
+        self._requeue_first(untaken)
         if back or untaken:
             self.log.info("worker %s left; %d connection(s) it had not taken go to others",
                           link.pid, back + len(untaken))
