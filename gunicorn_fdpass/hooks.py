@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import master
+from .master import arbiter
 
 
 def when_ready(server: Any) -> None:
     """Start the dispatcher in the Gunicorn master (idempotent)."""
-    master.install(server)
+    arbiter.install(server)

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import IO, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
-from .request_rules import ParsedRequest
+from .http.request_rules import ParsedRequest
 
 __all__ = [
     "Address",

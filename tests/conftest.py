@@ -42,13 +42,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: starts real gunicorn processes")
 
 
-def _our_worker_missing() -> bool:
-    """True while the package's worker module has not been written yet (then the
-    integration tests that need it are skipped rather than erroring; once the file
-    exists, an import failure is a real failure)."""
-    return not (REPO_ROOT / "gunicorn_fdpass" / "worker.py").exists()
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     wc = worker_class_under_test()
     ours = is_our_worker(wc)
@@ -57,8 +50,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"only for gunicorn_fdpass (testing -k {wc})"))
         if item.get_closest_marker("keepalive") and wc in SYNC_NAMES:
             item.add_marker(pytest.mark.skip(reason="-k sync closes every connection"))
-        if (item.get_closest_marker("integration") and ours and _our_worker_missing()):
-            item.add_marker(pytest.mark.skip(reason="gunicorn_fdpass/worker.py does not exist yet"))
 
 
 @pytest.hookimpl(hookwrapper=True)

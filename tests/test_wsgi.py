@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gunicorn_fdpass.request_rules import ParsedRequest, RequestRules, parse_head
+from gunicorn_fdpass.http.request_rules import ParsedRequest, RequestRules, parse_head
 from gunicorn_fdpass.wsgi import (
     FileWrapper,
     InputStream,

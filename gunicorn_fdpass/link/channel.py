@@ -15,8 +15,8 @@ import os
 import socket
 from dataclasses import dataclass
 
-from . import protocol
-from .errors import ChannelClosed, PeerGone, ProtocolError
+from ..errors import ChannelClosed, PeerGone, ProtocolError
+from . import messages
 
 # Room for one fd. A sender that attaches more makes the kernel set MSG_CTRUNC; we then close
 # whatever did arrive, so a misbehaving peer cannot leak fds into us.
@@ -39,7 +39,7 @@ class Received:
     deliver it (``MSG_CTRUNC``: typically the receiver is at its fd limit).
     """
 
-    message: protocol.Message
+    message: messages.Message
     fd: int | None
     fd_lost: bool
 
@@ -53,7 +53,7 @@ class Channel:
         self._sock: socket.socket | None = sock
         # One receive buffer per channel: recvmsg() would allocate (and shrink) a buffer of
         # the largest message size for every message.
-        self._buf = bytearray(protocol.MAX_MESSAGE)
+        self._buf = bytearray(messages.MAX_MESSAGE)
 
     @classmethod
     def pair(cls) -> tuple[Channel, Channel]:
@@ -74,15 +74,15 @@ class Channel:
         """Blocking sends suit a worker; the master never blocks on a worker."""
         self._live().setblocking(blocking)
 
-    def send(self, message: protocol.Message, fd: int | None = None) -> bool:
+    def send(self, message: messages.Message, fd: int | None = None) -> bool:
         """Send one message, with ``fd`` attached if given.
 
         Returns False if the channel is non-blocking and its buffer is full (nothing was sent).
         Raises :class:`PeerGone` if the other end is gone.
         """
-        if protocol.carries_fd(message) != (fd is not None):
+        if messages.carries_fd(message) != (fd is not None):
             raise ProtocolError(f"{type(message).__name__} must be sent with exactly one fd")
-        data = protocol.encode(message)
+        data = messages.encode(message)
         ancillary = []
         if fd is not None:
             ancillary.append((socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd])))
@@ -117,14 +117,14 @@ class Channel:
         truncated = bool(flags & _CTRUNC)
         try:
             if flags & _TRUNC:
-                raise ProtocolError(f"datagram larger than {protocol.MAX_MESSAGE} bytes")
-            message = protocol.decode(bytes(self._buf[:size]))
+                raise ProtocolError(f"datagram larger than {messages.MAX_MESSAGE} bytes")
+            message = messages.decode(bytes(self._buf[:size]))
         except ProtocolError:
             _close_all(fds)
             raise
-        if not protocol.carries_fd(message) or truncated or len(fds) != 1:
+        if not messages.carries_fd(message) or truncated or len(fds) != 1:
             _close_all(fds)
-            return Received(message, None, fd_lost=protocol.carries_fd(message))
+            return Received(message, None, fd_lost=messages.carries_fd(message))
         return Received(message, fds[0], fd_lost=False)
 
     def close(self) -> None:

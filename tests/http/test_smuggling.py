@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gunicorn_fdpass.connection import Closed
-from tests.test_connection import StartResponse, parse, serve
+from gunicorn_fdpass.worker.connection import Closed
+from tests.support.serve import StartResponse, parse, serve
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
-from . import protocol
-from .channel import Channel, Received, socket_from_fd
-from .errors import PeerGone, ProtocolError
-from .head import END_OF_HEAD, head_complete
+from ..errors import PeerGone, ProtocolError
+from ..http.head import END_OF_HEAD, head_complete
+from ..link import messages
+from ..link.channel import Channel, Received, socket_from_fd
 from .scheduler import Scheduler
 
 #: Connections accepted from one listener per readiness event, so a flood on one listener
@@ -307,7 +307,7 @@ class Dispatcher:
             self._links.append(link)
             self._watch_fd(link.channel.fileno(), select.EPOLLIN, self._on_channel, link)
             if self._shutting_down:
-                self._tell(link, protocol.Closing())
+                self._tell(link, messages.Closing())
 
     def after_fork_in_child(self) -> WorkerEnds | None:
         """In a freshly forked child: close every fd the master owns.
@@ -373,7 +373,7 @@ class Dispatcher:
         self._shutting_down = True
         self._pause_accepting()
         for link in self._links:
-            self._tell(link, protocol.Closing())
+            self._tell(link, messages.Closing())
 
     def drained(self) -> bool:
         """True once nothing is queued, in a worker, or half-received."""
@@ -483,13 +483,13 @@ class Dispatcher:
 
     def _on_message(self, link: WorkerLink, received: Received) -> None:
         message = received.message
-        if isinstance(message, protocol.Taken):
+        if isinstance(message, messages.Taken):
             conn = link.untaken.pop(message.conn_id, None)
             if conn is not None:
                 conn.close()  # the worker holds the connection now
-        elif isinstance(message, protocol.Done):
+        elif isinstance(message, messages.Done):
             self._scheduler.release(link)
-        elif isinstance(message, protocol.Park):
+        elif isinstance(message, messages.Park):
             self._scheduler.release(link)
             if received.fd is None:
                 self.log.error("a parked connection from worker %s arrived without its fd "
@@ -497,16 +497,16 @@ class Dispatcher:
                 return
             sock = socket_from_fd(received.fd, message.family)
             self._park(ClientConnection(message.conn_id, sock, message.leftover))
-        elif isinstance(message, protocol.Refused):
+        elif isinstance(message, messages.Refused):
             conn = link.untaken.pop(message.conn_id, None)
             self._scheduler.release(link)
             if conn is not None:
                 self._refused(conn, link)
-        elif isinstance(message, protocol.Hello):
+        elif isinstance(message, messages.Hello):
             link.pid = message.pid
             self._scheduler.add(link, message.capacity,
                                 RESERVE if message.capacity == 1 else 0)
-        elif isinstance(message, protocol.Draining):
+        elif isinstance(message, messages.Draining):
             self._scheduler.drain(link)
             self._take_back(link)  # it will read no more: others serve them now
         else:  # Handoff and Closing: only the master sends those
@@ -614,7 +614,7 @@ class Dispatcher:
             conn = queue.popleft()
             try:
                 sent = link.handoffs.send(
-                    protocol.Handoff(conn.conn_id, conn.prefix, conn.sock.family),
+                    messages.Handoff(conn.conn_id, conn.prefix, conn.sock.family),
                     conn.sock.fileno())
             except PeerGone:
                 queue.appendleft(conn)
@@ -650,7 +650,7 @@ class Dispatcher:
                 os.close(received.fd)
             message = received.message
             conn = (link.untaken.pop(message.conn_id, None)
-                    if isinstance(message, protocol.Handoff) else None)
+                    if isinstance(message, messages.Handoff) else None)
             if conn is not None:
                 self._scheduler.release(link)
                 back.append(conn)
@@ -700,7 +700,7 @@ class Dispatcher:
             self.log.info("worker %s left; %d connection(s) it had not taken go to others",
                           link.pid, back + len(untaken))
 
-    def _tell(self, link: WorkerLink, message: protocol.Message) -> None:
+    def _tell(self, link: WorkerLink, message: messages.Message) -> None:
         try:
             link.channel.send(message)
         except PeerGone:

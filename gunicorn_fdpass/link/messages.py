@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 # kind (u8), value (u32: capacity, or a socket's address family), connection id (u64; a pid
 # in HELLO); network byte order.

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gunicorn_fdpass import protocol
 from gunicorn_fdpass.errors import ProtocolError
+from gunicorn_fdpass.link import messages as protocol
 
 ids = st.integers(min_value=0, max_value=2**64 - 1)
 payloads = st.binary(max_size=protocol.MAX_PAYLOAD)

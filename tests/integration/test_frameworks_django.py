@@ -40,7 +40,7 @@ def probed_application(environ: dict[str, Any],
 
 SITE = fw.ExampleSite(
     name="django",
-    app="tests.test_frameworks_django:probed_application",
+    app="tests.integration.test_frameworks_django:probed_application",
     env={"DJANGO_SETTINGS_MODULE": "examples.django_project.settings"},
     slash="/",
     hello=b"Hello from Django!\n",

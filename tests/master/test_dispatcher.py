@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gunicorn_fdpass import dispatcher as dispatcher_module
-from gunicorn_fdpass import protocol
-from gunicorn_fdpass.channel import Channel, Received
-from gunicorn_fdpass.dispatcher import MAX_PEEK, MAX_REFUSALS, Dispatcher, DispatchSettings
+from gunicorn_fdpass.link import messages as protocol
+from gunicorn_fdpass.link.channel import Channel, Received
+from gunicorn_fdpass.master import dispatcher as dispatcher_module
+from gunicorn_fdpass.master.dispatcher import MAX_PEEK, MAX_REFUSALS, Dispatcher, DispatchSettings
 
 log = logging.getLogger("test-dispatcher")
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gunicorn_fdpass.body_framing import start_request
-from gunicorn_fdpass.connection import Closed, Idle
-from gunicorn_fdpass.request_rules import Rejected, RequestRules, find_head_end, parse_head
-from tests.test_connection import StartResponse, serve
+from gunicorn_fdpass.http.body_framing import start_request
+from gunicorn_fdpass.http.request_rules import Rejected, RequestRules, find_head_end, parse_head
+from gunicorn_fdpass.worker.connection import Closed, Idle
+from tests.support.serve import StartResponse, serve
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,9 +12,10 @@ from typing import Any
 from gunicorn import SERVER
 
 from . import settings as fdpass_settings
-from .connection import HttpConfig
 from .errors import ConfigurationError
-from .request_rules import DEFAULT_SECURE_SCHEME_HEADERS, AddressAllowList, RequestRules
+from .http.request_rules import DEFAULT_SECURE_SCHEME_HEADERS, AddressAllowList, RequestRules
+from .master.dispatcher import DispatchSettings
+from .worker.connection import HttpConfig
 
 
 def validate(cfg: Any) -> None:
@@ -30,11 +31,6 @@ def validate(cfg: Any) -> None:
     fdpass_settings.load()
     if int(cfg.threads) < 1:
         raise ConfigurationError(f"threads (--threads) must be at least 1, got {cfg.threads}")
-
-
-def max_header_bytes(cfg: Any) -> int:
-    """The largest request head the worker's parser accepts under ``cfg``'s limits."""
-    return request_rules(cfg).max_head
 
 
 def _setting(cfg: Any, name: str, default: Any) -> Any:
@@ -96,4 +92,19 @@ def http_config(cfg: Any, own: fdpass_settings.FdpassSettings, *,
         proxy_protocol=proxy_mode,
         proxy_allow=AddressAllowList(_setting(cfg, "proxy_allow_ips", ["127.0.0.1", "::1"])),
         max_chunked_body=own.max_chunked_body,
+    )
+
+
+def dispatch_settings(cfg: Any, own: fdpass_settings.FdpassSettings) -> DispatchSettings:
+    """Map Gunicorn's settings and this worker's ``FDPASS_*`` ones onto the dispatcher's."""
+    return DispatchSettings(
+        keepalive=0.0 if cfg.is_ssl else float(cfg.keepalive),  # TLS is never parked
+        head_timeout=own.head_timeout,
+        max_queue=own.max_queue,
+        max_connections=max(1, int(cfg.worker_connections)),
+        shed_queue=own.shed_queue,
+        shed_wait=own.shed_wait,
+        retry_after=own.retry_after,
+        max_head=request_rules(cfg).max_head,
+        tls=bool(cfg.is_ssl),
     )

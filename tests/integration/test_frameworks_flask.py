@@ -33,7 +33,7 @@ def probed_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> I
 
 SITE = fw.ExampleSite(
     name="flask",
-    app="tests.test_frameworks_flask:probed_app",
+    app="tests.integration.test_frameworks_flask:probed_app",
     env={},
     slash="",
     hello=b"Hello from Flask!\n",

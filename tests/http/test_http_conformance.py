@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from gunicorn_fdpass import proxy_protocol
-from gunicorn_fdpass.connection import Closed, Idle, serve_connection
-from gunicorn_fdpass.request_rules import AddressAllowList, Rejected, RequestRules, parse_head
-from tests.test_connection import FakeHooks, FakeLog, StartResponse, make_config, one, serve
+from gunicorn_fdpass.http import proxy_protocol
+from gunicorn_fdpass.http.request_rules import AddressAllowList, Rejected, RequestRules, parse_head
+from gunicorn_fdpass.worker.connection import Closed, Idle, serve_connection
+from tests.support.serve import FakeHooks, FakeLog, StartResponse, make_config, one, serve
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -301,7 +301,7 @@ def test_chunked_body_is_buffered_with_content_length() -> None:
 
 
 def test_large_chunked_body_spools_to_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gunicorn_fdpass import connection
+    from gunicorn_fdpass.worker import connection
 
     monkeypatch.setattr(connection, "_SPOOL_IN_MEMORY", 1024)
     seen: list[bool] = []
@@ -421,7 +421,7 @@ def test_chunked_rules_hold_however_the_bytes_arrive(
     consumed, whatever the boundaries of the pieces it was given."""
     import h11
 
-    from gunicorn_fdpass.body_framing import start_request
+    from gunicorn_fdpass.http.body_framing import start_request
 
     rule = rules()
     request = parse_head(CHUNKED, rule, trusted=False)

@@ -1,4 +1,4 @@
-"""Unit tests of gunicorn_fdpass.response: the framing decision, without a socket.
+"""Unit tests of gunicorn_fdpass.http.response: the framing decision, without a socket.
 
 The wire-level behaviour is covered through serve_connection (test_connection.py,
 test_http_conformance.py); these pin the decision table of ``Response._final_headers`` and
@@ -13,9 +13,9 @@ from typing import IO
 import h11
 import pytest
 
-from gunicorn_fdpass.request_rules import ParsedRequest
-from gunicorn_fdpass.response import Response
-from tests.test_connection import FakeLog
+from gunicorn_fdpass.http.request_rules import ParsedRequest
+from gunicorn_fdpass.http.response import Response
+from tests.support.serve import FakeLog
 
 
 @dataclass

@@ -36,8 +36,8 @@ from typing import IO, Any, Final, Protocol
 
 import h11
 
+from ..wsgi import FileWrapper, ResponseStarter
 from .request_rules import ParsedRequest
-from .wsgi import FileWrapper, ResponseStarter
 
 __all__ = [
     "Abort",

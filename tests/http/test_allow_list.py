@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gunicorn_fdpass import request_rules
-from gunicorn_fdpass.request_rules import AddressAllowList
+from gunicorn_fdpass.http import request_rules
+from gunicorn_fdpass.http.request_rules import AddressAllowList
 
 
 def test_repeated_decisions_are_stable() -> None:

@@ -23,10 +23,10 @@ from typing import Any
 
 from gunicorn import sock as gunicorn_sock
 
-from . import settings as fdpass_settings
-from .config import max_header_bytes
-from .dispatcher import Dispatcher, DispatchSettings, WorkerEnds
-from .errors import ConfigurationError
+from .. import settings as fdpass_settings
+from ..errors import ConfigurationError
+from ..gunicorn_settings import dispatch_settings
+from .dispatcher import Dispatcher, WorkerEnds
 
 #: Seconds between two reports of the live numbers (statsd, debug log, stats file).
 REPORT_INTERVAL = 1.0
@@ -42,21 +42,6 @@ def active_dispatcher() -> Dispatcher | None:
     return None
 
 
-def settings_from(cfg: Any, own: fdpass_settings.FdpassSettings) -> DispatchSettings:
-    """Map Gunicorn's settings and this worker's ``FDPASS_*`` ones onto the dispatcher's."""
-    return DispatchSettings(
-        keepalive=0.0 if cfg.is_ssl else float(cfg.keepalive),  # TLS is never parked
-        head_timeout=own.head_timeout,
-        max_queue=own.max_queue,
-        max_connections=max(1, int(cfg.worker_connections)),
-        shed_queue=own.shed_queue,
-        shed_wait=own.shed_wait,
-        retry_after=own.retry_after,
-        max_head=max_header_bytes(cfg),
-        tls=bool(cfg.is_ssl),
-    )
-
-
 def install(arbiter: Any) -> Dispatcher:
     """Install the dispatcher into ``arbiter`` (idempotent). Called from ``when_ready``."""
     global _ACTIVE
@@ -64,7 +49,7 @@ def install(arbiter: Any) -> Dispatcher:
     if existing is not None:
         return existing
     own = fdpass_settings.load()
-    dispatcher = Dispatcher(arbiter.log, settings_from(arbiter.cfg, own))
+    dispatcher = Dispatcher(arbiter.log, dispatch_settings(arbiter.cfg, own))
     _ACTIVE = dispatcher
     _register_fork_hooks()
     _MasterLoop(arbiter, dispatcher, own).attach()
@@ -158,7 +143,7 @@ class _MasterLoop:
             except ConfigurationError as exc:
                 # A bad value in a reloaded config must not take the master down.
                 self.arbiter.log.error("%s; keeping the previous fdpass settings", exc)
-            self.dispatcher.settings = settings_from(self._cfg, self.own)
+            self.dispatcher.settings = dispatch_settings(self._cfg, self.own)
         self.dispatcher.set_listeners(self.arbiter.LISTENERS)
         now = time.monotonic()
         if now >= self._next_report:

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from gunicorn_fdpass.scheduler import Scheduler
+from gunicorn_fdpass.master.scheduler import Scheduler
 
 
 def test_no_worker_means_no_pick() -> None:

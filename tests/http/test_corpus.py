@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from gunicorn_fdpass.connection import serve_connection
+from gunicorn_fdpass.worker.connection import serve_connection
 from tests import apps
+from tests.support.serve import FakeHooks, FakeLog, make_config
 from tests.support.server import GunicornServer, is_our_worker, worker_class_under_test
-from tests.test_connection import FakeHooks, FakeLog, make_config
 
 CORPUS = Path(__file__).parent / "corpus"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((CORPUS / "expected.json").read_text())

@@ -55,10 +55,10 @@ from typing import IO, Any, Final, ParamSpec, Protocol, TypeVar, cast
 
 import h11
 
-from . import proxy_protocol
-from .body_framing import RequestBody, start_request
-from .proxy_protocol import ProxyInfo
-from .request_rules import (
+from ..http import proxy_protocol
+from ..http.body_framing import RequestBody, start_request
+from ..http.proxy_protocol import ProxyInfo
+from ..http.request_rules import (
     AddressAllowList,
     ParsedRequest,
     Rejected,
@@ -66,9 +66,9 @@ from .request_rules import (
     find_head_end,
     parse_head,
 )
-from .response import Abort, ClientGone, Response, ResponseInfo, error_response
-from .settings import FdpassSettings
-from .wsgi import (
+from ..http.response import Abort, ClientGone, Response, ResponseInfo, error_response
+from ..settings import FdpassSettings
+from ..wsgi import (
     Address,
     FileWrapper,
     InputStream,

@@ -20,7 +20,7 @@ from gunicorn_fdpass.bench import cli, loadgen, stats, wrk
 from gunicorn_fdpass.bench.scenarios import SCENARIO_NAMES, Headline
 from gunicorn_fdpass.bench.servers import WorkerSpec
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["sync", "gthread/4", "fdpass"]
 CELL_RE = re.compile(r"^(-|[0-9.]+%?) \((-|[0-9.]+x)(, [0-9.]+-[0-9.]+)?\)$")
 PROGRESS_RE = re.compile(r"^\[\s*(\d+)/(\d+)\] (\S+)\s+(\S+)\s+.* \((wrk|builtin[-a-z]*|-), "

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from gunicorn_fdpass import protocol
-from gunicorn_fdpass.channel import Channel
 from gunicorn_fdpass.errors import ChannelClosed, PeerGone, ProtocolError
+from gunicorn_fdpass.link import messages as protocol
+from gunicorn_fdpass.link.channel import Channel
 
 
 @pytest.fixture

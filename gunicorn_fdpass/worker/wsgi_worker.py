@@ -23,12 +23,13 @@ from typing import Any
 from gunicorn import sock as gunicorn_sock
 from gunicorn.workers import base
 
-from . import master, protocol
-from . import settings as fdpass_settings
-from .channel import Channel, socket_from_fd
-from .config import http_config, validate
+from .. import settings as fdpass_settings
+from ..errors import PeerGone
+from ..gunicorn_settings import http_config, validate
+from ..link import messages
+from ..link.channel import Channel, socket_from_fd
+from ..master import arbiter
 from .connection import After, Closed, Idle, RequestInfo, ResponseInfo, serve_connection
-from .errors import PeerGone
 
 
 class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -40,12 +41,12 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
     def check_config(cls, cfg: Any, log: Any) -> None:
         """Called by Gunicorn in the master at startup: validate, then hook the master in."""
         validate(cfg)
-        master.hook_when_ready(cfg)
+        arbiter.hook_when_ready(cfg)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Runs in the master, right before Gunicorn forks this worker.
         super().__init__(*args, **kwargs)
-        ends = master.open_worker_channel()
+        ends = arbiter.open_worker_channel()
         self._ends = ends
         self.channel: Channel = ends.channel  # to and from the master
         self.inbox: Channel = ends.inbox  # handoffs from the master
@@ -56,7 +57,7 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
 
     def init_process(self) -> None:
         """In the child: drop what belongs to the master, then let Gunicorn start ``run``."""
-        master.take_inherited_channel(self._ends)
+        arbiter.take_inherited_channel(self._ends)
         for listener in self.sockets:
             listener.close()  # only the master accepts
         self.sockets = []
@@ -81,7 +82,7 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
         heartbeat_every = min(1.0, (self.timeout or 0.5) / 2)
         next_heartbeat = 0.0
         try:
-            self.channel.send(protocol.Hello(self.capacity, os.getpid()))
+            self.channel.send(messages.Hello(self.capacity, os.getpid()))
             while self.alive:
                 now = time.monotonic()
                 if now >= next_heartbeat:
@@ -98,13 +99,13 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
                 # one): until then it stays in the inbox, where the master can take it back.
                 while self.alive and (received := self.inbox.recv()) is not None:
                     message = received.message
-                    if not isinstance(message, protocol.Handoff):
+                    if not isinstance(message, messages.Handoff):
                         self.log.error("unexpected message from the master: %r", message)
                         continue
                     if received.fd is None:
-                        self.channel.send(protocol.Refused(message.conn_id))
+                        self.channel.send(messages.Refused(message.conn_id))
                         continue
-                    self.channel.send(protocol.Taken(message.conn_id))
+                    self.channel.send(messages.Taken(message.conn_id))
                     if pool is None:
                         self._serve(message, received.fd)
                         self._read_channel()
@@ -112,7 +113,7 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
                         in_flight.add(pool.submit(self._serve, message, received.fd))
                 in_flight = {f for f in in_flight if not f.done()}
             # Handoffs still unread in the inbox were never Taken: the master takes them back.
-            self.channel.send(protocol.Draining())
+            self.channel.send(messages.Draining())
             self._finish(in_flight)
         except PeerGone:
             self.log.info("master is gone, worker exiting: %s", self)
@@ -126,7 +127,7 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
     def _read_channel(self) -> None:
         """Act on what the master said besides handoffs (so far only ``Closing``)."""
         while (received := self.channel.recv()) is not None:
-            if isinstance(received.message, protocol.Closing):
+            if isinstance(received.message, messages.Closing):
                 self._closing = True
             else:
                 self.log.error("unexpected message from the master: %r", received.message)
@@ -149,7 +150,7 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
 
     # -- one connection ------------------------------------------------------------------
 
-    def _serve(self, handoff: protocol.Handoff, fd: int) -> None:
+    def _serve(self, handoff: messages.Handoff, fd: int) -> None:
         conn_id = handoff.conn_id
         client = socket_from_fd(fd, handoff.family)
         parkable = True
@@ -168,13 +169,13 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
             outcome = Closed()
         try:
             if (isinstance(outcome, Idle) and parkable
-                    and len(outcome.leftover) <= protocol.MAX_PAYLOAD):
-                self.channel.send(protocol.Park(conn_id, outcome.leftover, client.family),
+                    and len(outcome.leftover) <= messages.MAX_PAYLOAD):
+                self.channel.send(messages.Park(conn_id, outcome.leftover, client.family),
                                   client.fileno())
                 client.close()
             else:
                 client.close()
-                self.channel.send(protocol.Done(conn_id))
+                self.channel.send(messages.Done(conn_id))
         except PeerGone:
             client.close()
             self.alive = False
