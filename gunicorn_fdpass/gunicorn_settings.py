@@ -107,4 +107,5 @@ def dispatch_settings(cfg: Any, own: fdpass_settings.FdpassSettings) -> Dispatch
         retry_after=own.retry_after,
         max_head=request_rules(cfg).max_head,
         tls=bool(cfg.is_ssl),
+        server_software=SERVER,
     )

@@ -14,8 +14,9 @@ Who does what:
   decides whether the response says ``Connection: close`` or ``keep-alive``.
 - The output buffer joins small pieces (status line, header fields, body pieces that are all
   there at once) into one send; ``wsgi.file_wrapper`` files go out with ``sendfile()``.
-- :func:`error_response` serializes the server's own small error responses (still through
-  the request's h11 connection, whose state says whether a response may still begin).
+- :func:`error_response` gives the server's own small error responses (from
+  :mod:`~gunicorn_fdpass.http.serialize`, when the request's h11 connection says a response
+  may still begin).
 
 The bytes are what h11 wrote for the same decisions, when it still wrote responses.
 
@@ -29,15 +30,14 @@ response cannot be completed correctly; the connection must be dropped).
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from typing import IO, Any, Final, Protocol
 
 import h11
 
 from ..wsgi import FileWrapper, ResponseStarter
 from .request_rules import ParsedRequest
+from .serialize import error_message, http_date, serialize_head
 
 __all__ = [
     "Abort",
@@ -110,78 +110,25 @@ class ResponseSink(Protocol):
         ...
 
 
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _http_date() -> str:
-    """The current time as an IMF-fixdate, recomputed at most once per second."""
-    global _date_cache
-    now = int(time.time())
-    cached_at, value = _date_cache
-    if cached_at != now:
-        value = formatdate(now, usegmt=True)
-        _date_cache = (now, value)
-    return value
-
-
-# Reason phrases of the statuses the server answers by itself. Not taken from the standard
-# library's ``http`` module: a master started as ``python -m gunicorn`` and re-executed by USR2
-# runs gunicorn/__main__.py as a script, and Gunicorn's own ``http`` package then shadows it.
-_REASONS: Final = {
-    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
-    411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
-    417: "Expectation Failed", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
-}
-
-
-def _reason(code: int) -> str:
-    return _REASONS.get(code, "Error")
-
-
 def error_response(
     conn: h11.Connection, status_code: int, server_software: str, head: bool
 ) -> tuple[bytes, ResponseInfo]:
-    """Serialize (through h11) a small plain-text error response with ``Connection: close``.
+    """A small plain-text error response with ``Connection: close``, if the request's h11
+    connection still allows a response to begin.
 
-    Returns the bytes to send (empty if h11's state does not allow a response any more: one
-    was already begun) and the response as the hooks see it.
+    Returns the bytes to send (empty if a response was already begun) and the response as the
+    hooks see it.
     """
-    reason = _reason(status_code)
-    body = f"{status_code} {reason}\n".encode()
-    headers = [("Date", _http_date())]
-    if server_software:
-        headers.insert(0, ("Server", server_software))
-    headers += [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        ("Connection", "close"),
-    ]
-    event = h11.Response(
-        status_code=status_code,
-        reason=reason.encode("latin-1"),
-        headers=[(name.encode("ascii"), value.encode("latin-1")) for name, value in headers],
-    )
+    message = error_message(status_code, server_software, head=head)
     try:
-        parts = [conn.send(event)]
-        if not head:
-            parts.append(conn.send(h11.Data(data=body)))
-        parts.append(conn.send(h11.EndOfMessage()))
+        # h11 only checks here that a response may still begin; the bytes are ours.
+        conn.send(h11.Response(status_code=status_code,
+                               headers=[("Content-Length", "0"), ("Connection", "close")]))
     except h11.LocalProtocolError:
         return b"", ResponseInfo()
-    info = ResponseInfo(f"{status_code} {reason}", status_code, headers, 0 if head else len(body))
-    return b"".join(parts), info
-
-
-def _serialize_head(status_code: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
-    """Status line and header fields, laid out as h11 wrote them (which puts a Host field,
-    should an application send one, first)."""
-    lines = [f"HTTP/1.1 {status_code} {reason}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers if name.lower() == "host"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers if name.lower() != "host"]
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
+    info = ResponseInfo(f"{status_code} {message.reason}", status_code, message.headers,
+                        message.body_length)
+    return message.data, info
 
 
 def _chunk(data: bytes) -> list[bytes]:
@@ -335,7 +282,7 @@ class Response:
         if code < 200:
             raise ValueError(f"status {starter.status!r} cannot be a final response")
         headers = self._final_headers(starter.headers, code)
-        data = _serialize_head(code, starter.reason, headers)
+        data = serialize_head(code, starter.reason, headers)
         self.committed = True
         self.sink.response_begun()
         self.info = ResponseInfo(starter.status or "", code, headers, 0)
@@ -379,7 +326,7 @@ class Response:
         if not has_server and software:
             defaults.append(("Server", software))
         if not has_date:
-            defaults.append(("Date", _http_date()))
+            defaults.append(("Date", http_date()))
         headers = defaults + headers
 
         if self.sink.unread_body_forbids_reuse():

@@ -41,7 +41,9 @@ from typing import Any, Final
 
 from ..errors import PeerGone, ProtocolError
 from ..http.head import END_OF_HEAD, head_complete
+from ..http.serialize import ErrorMessage, error_message
 from ..link import messages
+from ..link.board import WaitingBoard
 from ..link.channel import Channel, Received, socket_from_fd
 from .scheduler import Scheduler
 
@@ -104,6 +106,8 @@ class DispatchSettings:
     max_head: int = 64 * 1024
     #: The listeners speak TLS: a connection is ready once its first TLS record arrived.
     tls: bool = False
+    #: ``Server`` header of the master's own answers (408, 503), as on every response.
+    server_software: str = ""
 
 
 class _Verdict(Enum):
@@ -178,10 +182,12 @@ class _Timeouts:
 @dataclass(frozen=True, slots=True)
 class WorkerEnds:
     """What a worker keeps of its links to the master: the two-way ``channel`` and the
-    ``inbox`` its handoffs arrive in."""
+    ``inbox`` its handoffs arrive in, and the ``board`` that says whether work waits."""
 
     channel: Channel
     inbox: Channel
+    #: How much work waits for a worker (shared by the master and every worker).
+    board: WaitingBoard
 
 
 class WorkerLink:
@@ -221,6 +227,7 @@ class Dispatcher:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._watch_fd(self._wake_r, select.EPOLLIN, self._on_wake, None)
         self._scheduler: Scheduler[WorkerLink] = Scheduler()
+        self.board = WaitingBoard()
         self._links: list[WorkerLink] = []
         self._pending: list[tuple[WorkerLink, WorkerEnds]] = []
         self._queue: deque[ClientConnection] = deque()
@@ -294,7 +301,7 @@ class Dispatcher:
         master_end.set_blocking(False)
         handoffs.set_blocking(False)
         self._pending.append((WorkerLink(master_end, handoffs, inbox),
-                              WorkerEnds(worker_end, inbox)))
+                              WorkerEnds(worker_end, inbox, self.board)))
         return self._pending[-1][1]
 
     def after_fork_in_parent(self) -> None:
@@ -360,6 +367,7 @@ class Dispatcher:
         now = time.monotonic()
         self._expire(now)
         self._dispatch(now)
+        self.board.publish(len(self._queue) + self._scheduler.reserves_held())
 
     def begin_shutdown(self) -> None:
         """Graceful stop: accept nothing more; serve what is queued or in a worker.
@@ -591,7 +599,7 @@ class Dispatcher:
                 started = self._has_bytes(conn)
                 self._unwatch(conn)
                 if started:  # tell the client why it is cut off
-                    _answer_and_close(conn, b"408 Request Timeout", ())
+                    _answer_and_close(conn, error_message(408, self._settings.server_software))
                 else:
                     conn.close()
         wait = self._settings.shed_wait
@@ -678,8 +686,9 @@ class Dispatcher:
         if count:
             self.stats["shed"] += 1
             self.log.warning("load shedding: 503 for a request (%s)", why)
-        _answer_and_close(conn, b"503 Service Unavailable",
-                          ((b"Retry-After", str(self._settings.retry_after).encode()),))
+        retry = (("Retry-After", str(self._settings.retry_after)),)
+        _answer_and_close(conn, error_message(503, self._settings.server_software,
+                                              extra_headers=retry))
 
     def _worker_gone(self, link: WorkerLink) -> None:
         if link.channel.closed:
@@ -793,11 +802,8 @@ def _tls_record_complete(buf: bytearray, n: int) -> bool:
     return n >= 5 and n >= 5 + int.from_bytes(buf[3:5], "big")
 
 
-def _answer_and_close(conn: ClientConnection, status: bytes,
-                      headers: Iterable[tuple[bytes, bytes]]) -> None:
+def _answer_and_close(conn: ClientConnection, answer: ErrorMessage) -> None:
     """Answer from the master itself (408, 503) and close, without ever blocking."""
-    head = b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n"
-    head += b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n"
     sock = conn.sock
     try:
         # Consume what the client sent: closing with unread bytes would send a reset that
@@ -807,7 +813,7 @@ def _answer_and_close(conn: ClientConnection, status: bytes,
     except OSError:
         pass
     try:
-        sock.send(head, socket.MSG_DONTWAIT)
+        sock.send(answer.data, socket.MSG_DONTWAIT)
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         pass

@@ -35,6 +35,10 @@ class _Slots:
     def over(self) -> bool:
         return self.busy > self.capacity
 
+    def held(self) -> int:
+        """Reserves handed to this worker and not yet started (a draining worker has none)."""
+        return min(self.reserve, max(0, self.busy - self.capacity))
+
 
 class Scheduler(Generic[W]):
     """Tracks each worker's capacity and busy slots and picks a worker for new work."""
@@ -45,11 +49,13 @@ class Scheduler(Generic[W]):
         # Totals kept up to date on every change, since the master asks after every poll.
         self._free = 0
         self._over = 0
+        self._held = 0
 
     def _count(self, slots: _Slots, sign: int) -> None:
         """Add (1) or remove (-1) one worker's share of the totals."""
         self._free += sign * slots.free()
         self._over += sign * slots.over()
+        self._held += sign * slots.held()
 
     def add(self, worker: W, capacity: int, reserve: int = 0) -> None:
         """A worker announced that it can serve ``capacity`` connections at once, and hold
@@ -119,6 +125,10 @@ class Scheduler(Generic[W]):
     def free_slots(self) -> int:
         """Total free capacity over all workers (reserves not counted)."""
         return self._free
+
+    def reserves_held(self) -> int:
+        """Reserves waiting at busy workers, over all workers."""
+        return self._held
 
     def overbooked(self) -> list[W]:
         """Workers holding more connections than they have slots: they hold a reserve."""

@@ -169,6 +169,11 @@ class RequestHooks(Protocol):
         """Count a request that is about to be served; say what happens after it."""
         ...
 
+    def others_waiting(self) -> bool:
+        """True if requests that arrived earlier wait for a worker: then the connection goes
+        back to the master, behind them, instead of on to its own next request."""
+        ...
+
 
 class After(Enum):
     """What the worker wants once the current request is answered (``request_started``)."""
@@ -284,7 +289,7 @@ class _Handler:
             return self._close()
         served = 0
         while True:
-            if served >= self.config.burst:
+            if served >= self.config.burst or (served and self.hooks.others_waiting()):
                 return self._idle()
             got = self._next_request(blocking=served == 0)
             if not isinstance(got, ParsedRequest):

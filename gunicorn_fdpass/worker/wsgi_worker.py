@@ -50,6 +50,7 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
         self._ends = ends
         self.channel: Channel = ends.channel  # to and from the master
         self.inbox: Channel = ends.inbox  # handoffs from the master
+        self.board = ends.board  # how much work waits in the master
         self.capacity = max(1, int(self.cfg.threads))
         self._nr_lock = threading.Lock()
         self._ssl_context: ssl.SSLContext | None = None
@@ -195,6 +196,10 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
             return After.CLOSE
         # The connection stays open and goes back to the master for another worker.
         return After.HAND_BACK if last else After.CONTINUE
+
+    def others_waiting(self) -> bool:
+        """Work that arrived earlier waits (in the master's queue or as a reserve)."""
+        return self.board.waiting() > 0
 
     def pre_request(self, req: RequestInfo) -> None:
         self.cfg.pre_request(self, req)

@@ -22,12 +22,20 @@ log = logging.getLogger("test-dispatcher")
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
+def assert_full_head(answer: bytes) -> None:
+    """The master's own answers carry Date and Server like every other response."""
+    head = answer.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nServer: test-server\r\n" in head
+    assert b"\r\nDate: " in head and b"\r\nConnection: close" in head
+
+
 class Rig:
     def __init__(self, keepalive: float = 5.0, max_queue: int = 100, **settings: Any) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
         self.port = self.listener.getsockname()[1]
         values: dict[str, Any] = {"keepalive": keepalive, "max_queue": max_queue,
-                                  "head_timeout": 5.0, "max_connections": 1000}
+                                  "head_timeout": 5.0, "max_connections": 1000,
+                                  "server_software": "test-server"}
         values.update(settings)
         self.dispatcher = Dispatcher(log, DispatchSettings(**values))
         self.dispatcher.set_listeners([self.listener])
@@ -361,7 +369,9 @@ def test_silent_connection_is_closed_and_partial_head_gets_408() -> None:
         while rig.dispatcher.counts()["waiting_for_head"] and time.monotonic() < deadline:
             rig.spin(1)
         assert silent.recv(100) == b""
-        assert partial.recv(100).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        answer = partial.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert_full_head(answer)
         assert w.recv() is None  # no worker was ever involved
         assert rig.dispatcher.stats["timed_out"] == 2
     finally:
@@ -398,6 +408,7 @@ def test_shedding_by_queue_length_answers_503_at_once() -> None:
         answer = shed.recv(200)
         assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
         assert b"Retry-After: 7\r\n" in answer
+        assert_full_head(answer)
         assert rig.dispatcher.stats["shed"] == 1
         assert rig.dispatcher.counts()["queued"] == 1
         queued.settimeout(0.2)

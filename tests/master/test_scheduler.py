@@ -103,6 +103,7 @@ def test_reserve_only_when_no_worker_has_a_free_slot() -> None:
     third = s.pick()
     assert third in ("a", "b")  # now a reserve
     assert s.overbooked() == [third]
+    assert s.reserves_held() == 1
     assert s.free_slots() == 0
     fourth = s.pick()
     assert {third, fourth} == {"a", "b"}  # reserves spread too
@@ -130,6 +131,7 @@ def test_draining_worker_with_work_counts_as_overbooked() -> None:
     s.drain("a")
     assert s.pick() is None
     assert s.overbooked() == ["a"]  # whatever it holds unread should be taken back
+    assert s.reserves_held() == 0  # its request in progress waits for nothing
 
 
 def test_negative_reserve_is_refused() -> None:
@@ -157,3 +159,5 @@ def test_totals_match_a_recount_after_any_sequence_of_changes() -> None:
         assert s.free_slots() == sum(max(0, x.capacity - x.busy) for x in slots)
         assert sorted(s.overbooked()) == sorted(
             w for w, x in s._workers.items() if x.busy > x.capacity)
+        assert s.reserves_held() == sum(
+            min(x.reserve, max(0, x.busy - x.capacity)) for x in slots)

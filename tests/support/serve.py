@@ -58,6 +58,7 @@ class FakeLog:
 class FakeHooks:
     close_after: int | None = None  # request_started() says CLOSE from this request on
     hand_back_after: int | None = None  # ... HAND_BACK from this request on
+    waiting: bool = False  # others_waiting(): work that arrived earlier waits in the master
     started: int = 0
     pre: list[RequestInfo] = field(default_factory=list)
     post: list[tuple[RequestInfo, dict[str, Any], ResponseInfo]] = field(default_factory=list)
@@ -65,6 +66,9 @@ class FakeHooks:
         default_factory=list
     )
     post_raises: bool = False
+
+    def others_waiting(self) -> bool:
+        return self.waiting
 
     def request_started(self) -> After:
         self.started += 1

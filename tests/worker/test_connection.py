@@ -372,6 +372,16 @@ def test_burst_limit_hands_back_pipelined_requests() -> None:
     assert [r.body for r in responses] == [b"hello /first", b"hello /second"]
 
 
+def test_waiting_work_in_the_master_hands_the_connection_back_after_each_request() -> None:
+    """First come, first served: while requests that arrived earlier wait for a worker, a
+    pipelined next request goes back to the master behind them instead of being served."""
+    second = b"GET /second HTTP/1.1\r\nHost: t\r\n\r\n"
+    out = serve(hello_app, b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n" + second,
+                hooks=FakeHooks(waiting=True))
+    assert out.result == Idle(leftover=second)
+    assert one(out.raw).body == b"hello /first"
+
+
 def test_http11_connection_close_request() -> None:
     out = serve(hello_app, b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + GET)
     assert out.result == Closed()

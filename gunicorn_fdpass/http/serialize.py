@@ -1,0 +1,95 @@
+"""The one serializer of response heads, and the server's own small error responses.
+
+Used by the worker for the application's responses and its error answers, and by the master
+for the 408 and 503 it answers by itself, so every response carries ``Date`` and ``Server``
+laid out the same way. Pure: returns bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Final
+
+__all__ = ["ErrorMessage", "error_message", "http_date", "reason_phrase", "serialize_head"]
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The current time as an IMF-fixdate, recomputed at most once per second."""
+    global _date_cache
+    now = int(time.time())
+    cached_at, value = _date_cache
+    if cached_at != now:
+        value = formatdate(now, usegmt=True)
+        _date_cache = (now, value)
+    return value
+
+
+# Reason phrases of the statuses the server answers by itself. Not taken from the standard
+# library's ``http`` module: a master started as ``python -m gunicorn`` and re-executed by USR2
+# runs gunicorn/__main__.py as a script, and Gunicorn's own ``http`` package then shadows it.
+_REASONS: Final = {
+    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+    411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
+    417: "Expectation Failed", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+
+
+def reason_phrase(code: int) -> str:
+    """The reason phrase the server sends with ``code`` in its own answers."""
+    return _REASONS.get(code, "Error")
+
+
+def serialize_head(status_code: int, reason: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """Status line and header fields of an HTTP/1.1 response, ending with the blank line.
+
+    A ``Host`` field, should an application send one, goes first (as h11 laid it out when it
+    still wrote responses).
+    """
+    fields = list(headers)
+    lines = [f"HTTP/1.1 {status_code} {reason}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in fields if name.lower() == "host"]
+    lines += [f"{name}: {value}\r\n" for name, value in fields if name.lower() != "host"]
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMessage:
+    """One of the server's own answers: the bytes to send and what they say."""
+
+    data: bytes
+    status_code: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body_length: int  # body bytes in ``data`` (0 for HEAD)
+
+
+def error_message(
+    status_code: int,
+    server_software: str,
+    *,
+    head: bool = False,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> ErrorMessage:
+    """A small plain-text answer with ``Connection: close`` (``head``: without its body)."""
+    reason = reason_phrase(status_code)
+    body = f"{status_code} {reason}\n".encode()
+    headers = [("Server", server_software)] if server_software else []
+    headers += [
+        ("Date", http_date()),
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        *extra_headers,
+        ("Connection", "close"),
+    ]
+    data = serialize_head(status_code, reason, headers)
+    if not head:
+        data += body
+    return ErrorMessage(data, status_code, reason, headers, 0 if head else len(body))
