@@ -20,6 +20,8 @@ Routes
 ``/status?code=N``  answers with that status
 ``/sleep?s=F``      sleeps, answers JSON {pid, start, end, ...} and ``X-Worker-Pid``;
                     ``&marker=P`` appends a line to file P when the sleep starts
+``/order?dir=D&s=F``  appends "<X-Sent header> <start>" to D/<pid>.log as it starts, then
+                    sleeps F seconds (0.005); for first-come-first-served tests
 ``/close-tracked?path=P``  iterable whose close() appends a line to file P
 ``/pid``            os.getpid()
 ``/fds``            JSON list of this process's open fds and their link targets
@@ -267,6 +269,19 @@ def sleep_view(environ: dict[str, Any], start_response: Callable[..., Any]) -> I
                  extra=[_pid_header()])
 
 
+def order_view(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Record when this request was sent (the client's ``X-Sent``) and when it started here.
+
+    Both are CLOCK_MONOTONIC readings, one clock for all processes, so a test can put the
+    requests of every worker in one order. One file per worker: no two writers share one."""
+    started = time.monotonic()  # first: the start is what is measured
+    q = _query(environ)
+    with open(os.path.join(q["dir"], f"{os.getpid()}.log"), "a") as fh:
+        fh.write(f"{environ.get('HTTP_X_SENT', '-')} {started:.6f}\n")
+    time.sleep(float(q.get("s", "0.005")))
+    return _text(start_response, f"{started:.6f}", extra=[_pid_header()])
+
+
 class _CloseTracked:
     def __init__(self, path: str, tag: str) -> None:
         self.path = path
@@ -364,6 +379,7 @@ ROUTES: dict[str, Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]
     "/exc-info": exc_info_view,
     "/status": status_view,
     "/sleep": sleep_view,
+    "/order": order_view,
     "/close-tracked": close_tracked,
     "/pid": pid_view,
     "/fds": fds_view,
