@@ -114,6 +114,13 @@ def make_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., Gunico
         yield factory
 
 
+@pytest.fixture
+def stats_path(tmp_path: Path) -> Path:
+    """Where a test's server writes its live numbers (``FDPASS_STATS_FILE``; see
+    tests/support/stats.py)."""
+    return tmp_path / "stats.json"
+
+
 @pytest.fixture(scope="module")
 def module_server_factory() -> Iterator[Callable[..., GunicornServer]]:
     """Like ``make_server`` but the servers live for the whole module."""

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.http import RawHTTPConnection, build_request
 from tests.support.server import GunicornServer
-from tests.support.wait import poll
+from tests.support.stats import read_stats, wait_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.ours_only]
 
@@ -97,17 +97,6 @@ def test_partial_head_gets_408_from_the_master(make_server) -> None:
     assert srv.get("/pid").status == 200
 
 
-def _wait_parked(path: Path, count: int) -> None:
-    """Wait until the master's live numbers show ``count`` parked connections."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        stats = _read_stats(path)
-        if stats and stats["parked"] == count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never {count} parked: {_read_stats(path)}")
-
-
 def test_parked_connections_survive_worker_restarts(make_server, stats_path: Path) -> None:
     srv: GunicornServer = make_server(workers=2, args=["--keep-alive", "30"],
                                       env={"FDPASS_STATS_FILE": str(stats_path)})
@@ -118,7 +107,7 @@ def test_parked_connections_survive_worker_restarts(make_server, stats_path: Pat
         # A worker hands an idle connection back right after its response; kill the workers
         # only once the master holds all six (before that, a worker's death takes the
         # connection it still holds with it).
-        _wait_parked(stats_path, 6)
+        wait_stats(stats_path, lambda s: s["parked"] == 6)
         old = srv.worker_pids()
         for pid in old:
             os.kill(pid, signal.SIGKILL)
@@ -142,18 +131,6 @@ def test_parked_connections_survive_max_requests_recycling(make_server) -> None:
     assert len(set(pids)) >= 5  # workers were recycled underneath one connection
 
 
-@pytest.fixture
-def stats_path(tmp_path: Path) -> Path:
-    return tmp_path / "stats.json"
-
-
-def _read_stats(path: Path) -> dict[str, float] | None:
-    try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def test_queue_bound_holds_under_a_connection_flood(make_server, stats_path: Path) -> None:
     srv: GunicornServer = make_server(workers=1, env={"FDPASS_MAX_QUEUE": "5",
                                                       "FDPASS_STATS_FILE": str(stats_path)})
@@ -163,10 +140,10 @@ def test_queue_bound_holds_under_a_connection_flood(make_server, stats_path: Pat
 
     def sample() -> None:
         while not stop.is_set():
-            stats = _read_stats(stats_path)
+            stats = read_stats(stats_path)
             if stats:
                 peak["queued"] = max(peak["queued"], stats["queued"])
-            time.sleep(0.05)
+            stop.wait(0.05)  # sampling interval; the file changes once a second
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -276,8 +253,7 @@ def test_slow_request_body_holds_a_worker_only_until_the_io_timeout(make_server,
         sent_at = time.time()
         stalled.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
         # The stalled upload holds the only worker slot (as the master reports it)...
-        assert poll(lambda: (_read_stats(stats_path) or {}).get("time", 0) > sent_at
-                    and _read_stats(stats_path)["busy"] == 1)  # type: ignore[index]
+        wait_stats(stats_path, lambda s: s["busy"] == 1, after=sent_at)
         start = time.monotonic()
         resp = srv.get("/pid", timeout=10)  # ...so this one waits for it
         waited = time.monotonic() - start

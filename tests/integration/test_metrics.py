@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.server import GunicornServer
+from tests.support.stats import wait_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.ours_only]
 
@@ -50,17 +50,7 @@ def test_stats_file_has_the_live_numbers(make_server, tmp_path: Path) -> None:
     start = time.time()
     for _ in range(10):
         assert srv.get("/pid").status == 200
-    deadline = time.monotonic() + 10
-    stats = None
-    while time.monotonic() < deadline:
-        try:
-            stats = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            stats = None
-        if stats and stats["time"] > start and stats["dispatched"] >= 10:
-            break
-        time.sleep(0.05)
-    assert stats is not None
+    stats = wait_stats(path, lambda s: s["dispatched"] >= 10, after=start)
     assert stats["pid"] == srv.pid
     assert stats["workers"] == 2
     assert stats["accepted"] >= 10

@@ -1,7 +1,6 @@
 """Helpers for the fd-hygiene and deployment-form integration tests.
 
 * small /proc and polling helpers (fd counts, TCP sockets of a process, uid/gid),
-* :func:`read_stats` / :func:`wait_settled` for ``FDPASS_STATS_FILE``,
 * :class:`Launched`: a gunicorn started by hand (systemd socket activation, ``--daemon``)
   for deployment forms the :class:`~tests.support.server.GunicornServer` harness cannot own,
 * :func:`mixed_load`: a fast, bounded generator of mixed client connections (several client
@@ -171,38 +170,6 @@ def wait_for_file_text(path: str | os.PathLike[str], pattern: str, timeout: floa
     if not m:
         raise AssertionError(f"{pattern!r} not in {path} after {timeout}s")
     return m
-
-
-# -- live numbers ------------------------------------------------------------------------
-
-def read_stats(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text())  # type: ignore[no-any-return]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-SETTLED_KEYS = ("queued", "parked", "waiting_for_head", "busy")
-
-
-def wait_settled(path: str | os.PathLike[str], timeout: float = 20.0,
-                 after: float | None = None) -> dict[str, Any]:
-    """Wait until the stats file, written after ``after`` (wall clock; default: now), shows
-    nothing queued, parked, waiting for its head or in a worker. Returns those numbers."""
-    since = time.time() if after is None else after
-    last: dict[str, Any] | None = None
-
-    def settled() -> dict[str, Any] | None:
-        nonlocal last
-        last = read_stats(path)
-        if last is None or last.get("time", 0) <= since:
-            return None
-        return last if all(last.get(k) == 0 for k in SETTLED_KEYS) else None
-
-    stats = poll(settled, timeout=timeout, interval=0.1)
-    if not stats:
-        raise AssertionError(f"the master did not settle within {timeout}s: {last}")
-    return stats
 
 
 # -- a gunicorn the harness cannot own ------------------------------------------------
