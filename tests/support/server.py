@@ -209,6 +209,9 @@ class GunicornServer:
             env["PYTHONPATH"] = self.cwd + (os.pathsep + pp if pp else "")
             env["PYTHONUNBUFFERED"] = "1"
             env.pop("GUNICORN_CMD_ARGS", None)
+            # The harness's own knob, not a server setting: gunicorn_fdpass refuses FDPASS_*
+            # names it does not know (a test running our worker while it is set would fail).
+            env.pop("FDPASS_TEST_WORKER_CLASS", None)
             env.update(self.env)
             with open(self._log_path, "wb") as log:
                 self.proc = subprocess.Popen(
