@@ -3,7 +3,7 @@
 Several ``--bind`` at once (TCP, unix, IPv6), ``unix:`` with ``--umask``, ``fd://N``, systemd
 socket activation, TLS with client certificates (handshake in the worker), ``--preload``,
 ``--user/--group``, ``--daemon --pid``, ``--chdir``, ``--reload``. (``--reuse-port`` is in
-test_integration_workers.)
+test_workers.py.)
 """
 
 from __future__ import annotations

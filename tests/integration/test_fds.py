@@ -143,7 +143,7 @@ def test_usr2_new_master_and_its_workers_hold_nothing_of_the_old_master(
     Started by hand with ``--bind 127.0.0.1:0`` and the ``gunicorn`` script: with the
     harness's ``--bind fd://N`` Gunicorn's re-exec itself fails (the new master is told
     ``fd://N``, a number the old master no longer has open: EBADF, the same with ``-k
-    sync``); ``python -m gunicorn`` has its own USR2 problem (see test_integration_deploy).
+    sync``); ``python -m gunicorn`` has its own USR2 problem (see test_deploy.py).
     """
     # --keep-alive 30: the parked connections must outlive the new master's start-up, which
     # can take longer than Gunicorn's default 2 s on a loaded machine.

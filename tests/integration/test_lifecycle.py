@@ -73,7 +73,7 @@ class _ConsoleScriptServer(GunicornServer):
 
     The harness's ``fd://N`` bind cannot survive USR2: Gunicorn re-creates that listener
     close-on-exec, so the new master cannot inherit it (its own sync worker fails the same
-    way). tests/test_integration_deploy.py covers USR2 of a ``python -m gunicorn`` master.
+    way). tests/integration/test_deploy.py covers USR2 of a ``python -m gunicorn`` master.
     """
 
     @property

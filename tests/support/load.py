@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from .http import IncompleteResponse, RawHTTPConnection
+from .wait import poll
 
 
 @dataclass
@@ -53,11 +54,8 @@ class Load:
     def wait_answered(self, count: int, timeout: float = 15.0) -> None:
         """Block until at least ``count`` more answers arrived (bounded)."""
         target = self.result.answered + count
-        deadline = time.monotonic() + timeout
-        while self.result.answered < target:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"load stalled: {self.result}")
-            time.sleep(0.02)
+        if not poll(lambda: self.result.answered >= target, timeout=timeout):
+            raise AssertionError(f"load stalled: {self.result}")
 
     def stop(self) -> LoadResult:
         self._stop.set()
@@ -75,7 +73,7 @@ class Load:
                         conn = RawHTTPConnection("127.0.0.1", self.port, timeout=30)
                     except OSError as exc:
                         self._record_loss(f"connect: {exc!r}")
-                        time.sleep(0.05)
+                        time.sleep(0.05)  # back off: a refused client does not spin
                         continue
                 with self._lock:
                     self.result.sent += 1
