@@ -70,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gunicorn_fdpass.bench",
         description="Compare Gunicorn worker classes (sync, gthread, gunicorn_fdpass.Worker, "
-                    "...) on one WSGI app, side by side on 127.0.0.1, with ratios against sync.")
+                    "...) on one WSGI app, side by side on 127.0.0.1, with ratios against sync.",
+        epilog="The throughput scenarios (close, keepalive, fairness, handoff) also show the "
+               "CPU time of each class's master and workers from /proc: master us per "
+               "connection (or per request with keep-alive), worker and total us per request, "
+               "and the rate the master's own cost allows (1 s / master us). Exit status 1 "
+               "if any scenario failed: a server that did not start, a load generator error, "
+               "or responses outside --expect-status; its cells then read 'FAILED: ...' "
+               "(e.g. 'FAILED: 7017 x 404 on /') and a summary follows the table on stderr.")
     p.add_argument("app", nargs="?", default=DEFAULT_APP,
                    help="WSGI app as module:callable, or hello / flask / django for the bundled "
                         f"examples (default {DEFAULT_APP})")
@@ -101,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", default="/", help="path requested from your app (/)")
     p.add_argument("--loadgen", choices=("auto", "wrk", "builtin"), default="auto",
                    help="throughput load generator: wrk when installed (auto), or the built-in "
-                        "asyncio one; slow-clients and hol always use the built-in one")
+                        "asyncio one; slow-clients, hol and queueing always use the "
+                        "built-in one")
     p.add_argument("--rate", type=float, default=0.0,
                    help="if > 0: close/keepalive/fairness/handoff use the built-in open loop at "
                         "this many requests/s, latency measured from the intended send time")
@@ -125,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="queueing: keep-alive connections, more than the servers' slots (16)")
     p.add_argument("--expect-status", type=_status_set, default=expect.SUCCESS,
                    metavar="LIST",
-                   help="statuses that count as success, codes or classes, e.g. 200,404 or "
-                        "2xx,3xx (default 2xx); any other response fails the scenario")
+                   help="statuses of your app that count as success, codes or classes, "
+                        "e.g. 200,404 or 2xx,3xx (default 2xx); any other response fails the "
+                        "scenario (the bench app's scenarios always expect 2xx)")
     p.add_argument("--pin-master", action="store_true",
                    help="pin each master to the first CPU, its workers and the load generator "
                         "to the others, so that the master's own ceiling shows (2+ CPUs)")
