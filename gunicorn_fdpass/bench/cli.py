@@ -246,8 +246,8 @@ def failure_summary(doc: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     seen: set[tuple[str, str, str]] = set()
     user_paths: list[str] = []
-    bench_scenarios = {s["name"] for s in doc["scenarios"] if s["app"] == doc["bench_app"]
-                       and doc["app"] != doc["bench_app"]}
+    # Wrong statuses on the user's app deserve a hint; on the bench app they are a fault.
+    user_scenarios = {s["name"] for s in doc["scenarios"] if s["app"] == doc["app"]}
     for r in doc["results"]:
         if not r["error"]:
             continue
@@ -260,7 +260,7 @@ def failure_summary(doc: dict[str, Any]) -> list[str]:
             where = f" ({rounds} of {doc['settings']['repeat']} rounds)" if (
                 doc["settings"]["repeat"] > 1) else ""
             lines.append(f"FAILED: {r['scenario']} on {r['worker']}{where}: {key[2][:200]}")
-        if r["scenario"] not in bench_scenarios:
+        if r["scenario"] in user_scenarios:
             user_paths += list((r["metrics"] or {}).get("unexpected_statuses") or {})
     if user_paths:
         expected = doc["settings"].get("expect_status") or str(expect.SUCCESS)
