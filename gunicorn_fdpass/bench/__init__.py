@@ -9,12 +9,19 @@ generator otherwise (and always for the scenarios that need raw control of the s
 Modules:
 
 - :mod:`.stats`: percentiles, Jain's fairness index, the ratio table (pure);
+- :mod:`.expect`: which statuses count as success, and the failure message (pure);
 - :mod:`.wrk`: running ``wrk`` and parsing its output;
 - :mod:`.loadgen`: the built-in asyncio HTTP/1.1 load generator (closed and open loop);
 - :mod:`.servers`: starting and stopping the Gunicorn masters under test;
+- :mod:`.cpu`: CPU time of master, workers and machine from ``/proc``;
+- :mod:`.affinity`: ``--pin-master``, the master on one CPU and everything else on the others;
+- :mod:`.measure`: what the scenarios share (options, target, throughput runs);
 - :mod:`.scenarios`: the scenarios themselves;
-- :mod:`.apps`: the bench's own WSGI app (``/``, ``/slow?ms=N``, ``X-Worker-Pid``);
-- :mod:`.cli`: the command line, JSON output and plots.
+- :mod:`.apps`: the bench's own WSGI app (``/``, ``/slow?ms=N``, ``/cpu?ms=N``,
+  ``X-Worker-Pid``);
+- :mod:`.runner`: running every scenario against every class, checking the statuses;
+- :mod:`.report`: results, table rows and the JSON document;
+- :mod:`.cli`: the command line; :mod:`.plots`: PNG plots.
 """
 
 from __future__ import annotations

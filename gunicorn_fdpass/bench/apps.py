@@ -4,7 +4,11 @@ Routes:
 
 - ``/``: a 14-byte plain-text answer;
 - ``/slow?ms=N``: the same answer after sleeping N milliseconds (at most 60 000), standing in
-  for a request that waits on a database or another service.
+  for a request that waits on a database or another service;
+- ``/cpu?ms=N``: the same answer after keeping the CPU busy for N milliseconds of the
+  process's CPU time (at most 60 000), standing in for a view that computes.
+
+Both work under every worker class (plain ``time.sleep``, a plain loop).
 
 Every response carries ``X-Worker-Pid`` (the serving process), which the fairness scenario
 counts.
@@ -25,16 +29,28 @@ MAX_SLEEP_MS = 60_000
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """WSGI entry point: ``gunicorn_fdpass.bench.apps:app``."""
     path = environ.get("PATH_INFO", "/")
-    if path == "/slow":
+    if path in ("/slow", "/cpu"):
         query = parse_qs(environ.get("QUERY_STRING", ""))
         try:
             ms = int(query.get("ms", ["100"])[0])
         except ValueError:
             return _answer(start_response, "400 Bad Request", b"ms must be an integer\n")
-        time.sleep(min(max(ms, 0), MAX_SLEEP_MS) / 1000.0)
+        seconds = min(max(ms, 0), MAX_SLEEP_MS) / 1000.0
+        if path == "/slow":
+            time.sleep(seconds)
+        else:
+            _burn(seconds)
     elif path != "/":
         return _answer(start_response, "404 Not Found", b"not found\n")
     return _answer(start_response, "200 OK", BODY)
+
+
+def _burn(seconds: float) -> None:
+    """Spin until this thread has used ``seconds`` of CPU time (not wall time: a view that
+    computes costs the same CPU however busy the machine is)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
 
 
 def _answer(start_response: Callable[..., Any], status: str, body: bytes) -> list[bytes]:

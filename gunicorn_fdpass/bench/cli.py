@@ -10,51 +10,32 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
-import platform
 import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import wrk
-from .scenarios import BENCH_APP, SCENARIO_NAMES, SCENARIOS, Options, Scenario, Target
-from .servers import Server, ServerError, WorkerSpec
-from .stats import Row, format_markdown_table, format_table, format_value, median, ratio
+from . import affinity, expect, wrk
+from .report import SCHEMA, RunResult, report, rows_from_report, table_rows
+from .runner import Plan, execute
+from .scenarios import QUEUEING_PATH, SCENARIO_NAMES, SCENARIOS, Options
+from .servers import WorkerSpec
+from .stats import format_markdown_table, format_table
 
-#: Identifies the JSON layout; bump on incompatible changes.
-SCHEMA = "gunicorn-fdpass-bench/1"
+__all__ = ["SCENARIOS", "SCHEMA", "RunResult", "build_parser", "main", "run", "table_rows"]
+
 DEFAULT_APP = "examples.hello:app"
 DEFAULT_CLASSES = "sync,gthread,gunicorn_fdpass.Worker"
-
-
-@dataclass
-class RunResult:
-    """One scenario on one worker class."""
-
-    scenario: str
-    label: str
-    worker_class: str
-    threads: int | None
-    app: str
-    loadgen: str | None
-    elapsed_s: float
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    round: int = 1  # with --repeat: which round (1-based)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form (see :func:`report`)."""
-        return {
-            "scenario": self.scenario, "round": self.round,
-            "worker": self.label, "worker_class": self.worker_class,
-            "threads": self.threads, "app": self.app, "loadgen": self.loadgen,
-            "elapsed_s": round(self.elapsed_s, 3), "metrics": _json_safe(self.metrics),
-            "error": self.error,
-        }
+#: Used when no app is given and the repository's example is not there.
+NO_APP_MESSAGE = (
+    "no app given, and the default {default} (the repository's example, not part of the "
+    "installed package) is not importable from {base}.\n"
+    "Pass your app as module:callable, e.g.\n"
+    "  python -m gunicorn_fdpass.bench myproject.wsgi:application --chdir /path/to/project\n"
+    "or measure the bench's own app:\n"
+    "  python -m gunicorn_fdpass.bench gunicorn_fdpass.bench.apps:app\n"
+    "or run from a gunicorn-fdpass checkout.")
 
 
 #: Short names for the bundled examples: spec, and a file that must exist for it.
@@ -68,8 +49,9 @@ ALIASES: dict[str, tuple[str, str]] = {
 def resolve_app(app: str, chdir: str | None) -> tuple[str, str]:
     """Map an alias (``hello``, ``flask``, ``django``) to ``(app spec, directory)``.
 
-    The aliases name the bundled examples and need the repository root as the directory
-    (``--chdir``, or the current one). Anything else is returned unchanged.
+    The aliases and the default app name the bundled examples and need the repository root
+    as the directory (``--chdir``, or the current one): elsewhere this stops with a message
+    saying what to pass instead. Anything else is returned unchanged.
     """
     base = Path(chdir or os.getcwd()).resolve()
     if app in ALIASES:
@@ -78,6 +60,8 @@ def resolve_app(app: str, chdir: str | None) -> tuple[str, str]:
             raise SystemExit(f"{app}: {needed} not found under {base}; run from the "
                              "repository root, use --chdir, or give the app as module:callable")
         return spec, str(base)
+    if app == DEFAULT_APP and not (base / "examples" / "hello.py").exists():
+        raise SystemExit(NO_APP_MESSAGE.format(default=DEFAULT_APP, base=base))
     return app, str(base)
 
 
@@ -86,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gunicorn_fdpass.bench",
         description="Compare Gunicorn worker classes (sync, gthread, gunicorn_fdpass.Worker, "
-                    "...) on one WSGI app, side by side on 127.0.0.1, with ratios against sync.")
+                    "...) on one WSGI app, side by side on 127.0.0.1, with ratios against sync.",
+        epilog="The throughput scenarios (close, keepalive, fairness, handoff) also show the "
+               "CPU time of each class's master and workers from /proc: master us per "
+               "connection (or per request with keep-alive), worker and total us per request, "
+               "and the rate the master's own cost allows (1 s / master us). Exit status 1 "
+               "if any scenario failed: a server that did not start, a load generator error, "
+               "or responses outside --expect-status; its cells then read 'FAILED: ...' "
+               "(e.g. 'FAILED: 7017 x 404 on /') and a summary follows the table on stderr.")
     p.add_argument("app", nargs="?", default=DEFAULT_APP,
                    help="WSGI app as module:callable, or hello / flask / django for the bundled "
                         f"examples (default {DEFAULT_APP})")
@@ -117,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", default="/", help="path requested from your app (/)")
     p.add_argument("--loadgen", choices=("auto", "wrk", "builtin"), default="auto",
                    help="throughput load generator: wrk when installed (auto), or the built-in "
-                        "asyncio one; slow-clients and hol always use the built-in one")
+                        "asyncio one; slow-clients, hol and queueing always use the "
+                        "built-in one")
     p.add_argument("--rate", type=float, default=0.0,
                    help="if > 0: close/keepalive/fairness/handoff use the built-in open loop at "
                         "this many requests/s, latency measured from the intended send time")
@@ -134,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hol: fast requests per second, open loop (50)")
     p.add_argument("--handoff-connections", type=int, default=64,
                    help="handoff: concurrent one-request connections (64)")
+    p.add_argument("--queueing-path", default=QUEUEING_PATH,
+                   help="queueing: the bench app's route every request asks for "
+                        f"(default {QUEUEING_PATH}: a 5 ms sleep; /cpu?ms=2 burns 2 ms of CPU)")
+    p.add_argument("--queueing-connections", type=int, default=16,
+                   help="queueing: keep-alive connections, more than the servers' slots (16)")
+    p.add_argument("--expect-status", type=_status_set, default=expect.SUCCESS,
+                   metavar="LIST",
+                   help="statuses of your app that count as success, codes or classes, "
+                        "e.g. 200,404 or 2xx,3xx (default 2xx); any other response fails the "
+                        "scenario (the bench app's scenarios always expect 2xx)")
+    p.add_argument("--pin-master", action="store_true",
+                   help="pin each master to the first CPU, its workers and the load generator "
+                        "to the others, so that the master's own ceiling shows (2+ CPUs)")
     p.add_argument("--chdir", default=None,
                    help="directory the app is imported from (default: the current one)")
     p.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",
@@ -148,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write PNG plots into DIR (needs matplotlib: pip install "
                         "'gunicorn-fdpass[plots]')")
     return p
+
+
+def _status_set(text: str) -> expect.StatusSet:
+    try:
+        return expect.StatusSet.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _worker_specs(args: argparse.Namespace) -> list[WorkerSpec]:
@@ -176,12 +188,13 @@ def _options(args: argparse.Namespace) -> Options:
         request_timeout_s=args.timeout, slow_clients=args.slow_clients,
         slow_deadline_s=args.slow_deadline, hol_slow_clients=args.hol_slow_clients or args.workers,
         hol_slow_ms=args.hol_slow_ms, hol_rate=args.hol_rate,
-        handoff_connections=args.handoff_connections)
+        handoff_connections=args.handoff_connections, expect=args.expect_status,
+        queueing_path=args.queueing_path, queueing_connections=args.queueing_connections)
 
 
 def _validate(args: argparse.Namespace) -> None:
     for name in ("workers", "threads", "connections", "slow_clients", "handoff_connections",
-                 "repeat"):
+                 "queueing_connections", "repeat"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("duration", "slow_deadline", "timeout", "hol_rate"):
@@ -191,25 +204,21 @@ def _validate(args: argparse.Namespace) -> None:
         raise SystemExit("--warmup and --rate must not be negative")
 
 
-def _progress(out: TextIO, n: int, total: int, result: RunResult, scenario: Scenario,
-              rounds: int) -> None:
-    if result.error is not None:
-        summary = f"FAILED: {result.error.splitlines()[0][:120]}"
-    else:
-        parts = []
-        for h in scenario.headlines:
-            value = h.value(result.metrics)
-            unit = "" if h.unit in ("", "%") else f" {h.unit}"
-            parts.append(f"{h.metric} {format_value(value, h.unit)}{unit}")
-        errors = result.metrics.get("errors") or {}
-        if errors:
-            parts.append("errors " + ",".join(f"{k}={v}" for k, v in errors.items()))
-        summary = ", ".join(parts)
-    width = len(str(total))
-    name = result.scenario if rounds == 1 else f"{result.scenario} {result.round}/{rounds}"
-    out.write(f"[{n:>{width}}/{total}] {name:<12} {result.label:<12} {summary} "
-              f"({result.loadgen or '-'}, {result.elapsed_s:.1f}s)\n")
-    out.flush()
+def _scenarios(args: argparse.Namespace) -> list[Any]:
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIO_NAMES]
+    if unknown or not names:
+        raise SystemExit(f"unknown scenarios {unknown}; choose from {','.join(SCENARIO_NAMES)}")
+    return [s for s in SCENARIOS if s.name in names]
+
+
+def _pinning(args: argparse.Namespace) -> affinity.Pinning | None:
+    if not args.pin_master:
+        return None
+    try:
+        return affinity.Pinning.split(os.sched_getaffinity(0))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def run(args: argparse.Namespace, progress: TextIO) -> dict[str, Any]:
@@ -217,195 +226,49 @@ def run(args: argparse.Namespace, progress: TextIO) -> dict[str, Any]:
     _validate(args)
     specs = _worker_specs(args)
     options = _options(args)
-    app, cwd = resolve_app(args.app, args.chdir)
-    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCENARIO_NAMES]
-    if unknown or not names:
-        raise SystemExit(f"unknown scenarios {unknown}; choose from {','.join(SCENARIO_NAMES)}")
-    chosen = [s for s in SCENARIOS if s.name in names]
+    chosen = _scenarios(args)
+    if any(not s.uses_bench_app for s in chosen):
+        app, cwd = resolve_app(args.app, args.chdir)
+    else:  # only the bench's own app runs: the user's app need not be importable here
+        app, cwd = args.app, str(Path(args.chdir or os.getcwd()).resolve())
+    pinning = _pinning(args)
     baseline = args.baseline if args.baseline in [s.label for s in specs] else specs[0].label
     started = datetime.datetime.now(datetime.timezone.utc)
-    # Scenarios grouped by the app they run, so each group needs one server per class.
-    groups: dict[tuple[str, str], list[Scenario]] = {}
-    for scenario in chosen:
-        key = (BENCH_APP, cwd) if scenario.uses_bench_app else (app, cwd)
-        groups.setdefault(key, []).append(scenario)
-    rounds = args.repeat
-    total = len(chosen) * len(specs) * rounds
-    done = 0
-    results: list[RunResult] = []
-    for (group_app, group_cwd), scenarios in groups.items():
-        servers = _start_servers(group_app, group_cwd, specs, args, progress)
-        try:
-            for scenario in scenarios:
-                # The classes take turns within each round, so that a slow phase of a noisy
-                # machine hits all of them rather than the one that happened to run then.
-                for round_no in range(1, rounds + 1):
-                    for spec in specs:
-                        server = servers.get(spec)
-                        result = _run_one(scenario, spec, server, group_app, options, args)
-                        result.round = round_no
-                        if result.error is not None and server is not None:
-                            servers[spec] = _restart(server, progress)
-                        results.append(result)
-                        done += 1
-                        _progress(progress, done, total, result, scenario, rounds)
-        finally:
-            for server in servers.values():
-                if server is not None:
-                    server.stop()
-    return report(args, app, specs, baseline, chosen, results, options, started)
+    plan = Plan(app, cwd, specs, chosen, options, args.workers, args.repeat,
+                list(args.gunicorn_arg), pinning)
+    results = execute(plan, progress)
+    return report(args, app, specs, baseline, chosen, results, options, started,
+                  None if pinning is None else pinning.as_dict())
 
 
-def _start_servers(app: str, cwd: str, specs: Sequence[WorkerSpec], args: argparse.Namespace,
-                   progress: TextIO) -> dict[WorkerSpec, Server | None]:
-    servers: dict[WorkerSpec, Server | None] = {}
-    for spec in specs:
-        server = Server(app, spec, args.workers, extra_args=args.gunicorn_arg, cwd=cwd)
-        try:
-            server.start()
-        except ServerError as exc:
-            progress.write(f"could not start {spec.label} ({app}): {exc}\n")
-            servers[spec] = None
+def failure_summary(doc: dict[str, Any]) -> list[str]:
+    """One line per scenario and class that failed, and what to do about wrong statuses."""
+    lines: list[str] = []
+    seen: set[tuple[str, str, str]] = set()
+    user_paths: list[str] = []
+    # Wrong statuses on the user's app deserve a hint; on the bench app they are a fault.
+    user_scenarios = {s["name"] for s in doc["scenarios"] if s["app"] == doc["app"]}
+    for r in doc["results"]:
+        if not r["error"]:
             continue
-        servers[spec] = server
-    return servers
+        key = (r["scenario"], r["worker"], r["error"].splitlines()[0])
+        if key not in seen:
+            seen.add(key)
+            rounds = sum(1 for x in doc["results"] if x["scenario"] == r["scenario"]
+                         and x["worker"] == r["worker"] and x["error"]
+                         and x["error"].splitlines()[0] == key[2])
+            where = f" ({rounds} of {doc['settings']['repeat']} rounds)" if (
+                doc["settings"]["repeat"] > 1) else ""
+            lines.append(f"FAILED: {r['scenario']} on {r['worker']}{where}: {key[2][:200]}")
+        if r["scenario"] in user_scenarios:
+            user_paths += list((r["metrics"] or {}).get("unexpected_statuses") or {})
+    if user_paths:
+        expected = doc["settings"].get("expect_status") or str(expect.SUCCESS)
+        lines.append("hint: " + expect.hint(user_paths, expect.StatusSet.parse(expected)))
+    return lines
 
 
-def _restart(server: Server, progress: TextIO) -> Server | None:
-    """After a failed scenario: keep the server if it answers, else start a fresh one."""
-    try:
-        if server.wait_healthy(5.0):
-            return server
-    except ServerError:
-        pass
-    server.stop()
-    fresh = Server(server.app, server.spec, server.workers, extra_args=server.extra_args,
-                   cwd=server.cwd)
-    try:
-        fresh.start()
-    except ServerError as exc:
-        progress.write(f"could not restart {server.spec.label}: {exc}\n")
-        return None
-    return fresh
 
-
-def _run_one(scenario: Scenario, spec: WorkerSpec, server: Server | None, app: str,
-             options: Options, args: argparse.Namespace) -> RunResult:
-    result = RunResult(scenario.name, spec.label, spec.worker_class, spec.threads, app, None, 0.0)
-    if server is None:
-        result.error = "server did not start"
-        return result
-    t0 = time.monotonic()
-    try:
-        # A previous scenario may have left workers busy (e.g. with slow clients).
-        if not server.wait_healthy(10.0):
-            raise ServerError("server does not answer before the scenario")
-        measurement = scenario.run(Target(server.port, server.worker_pids), options)
-        result.loadgen = measurement.loadgen
-        result.metrics = measurement.metrics
-    except (ServerError, wrk.WrkError, OSError) as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-    result.elapsed_s = time.monotonic() - t0
-    return result
-
-
-def table_rows(scenarios: Sequence[Scenario], results: Sequence[RunResult],
-               labels: Sequence[str], baseline: str) -> list[Row]:
-    """The comparison table's rows: every headline of every scenario that ran.
-
-    With several rounds, a value is the median over the rounds, and each worker's ratios
-    against ``baseline`` are taken within each round (see :class:`~.stats.Row`).
-    """
-    by_key = {(r.scenario, r.round, r.label): r for r in results if r.error is None}
-    rounds = sorted({r.round for r in results})
-    rows = []
-    for scenario in scenarios:
-        for h in scenario.headlines:
-            per_round = {label: [_value(by_key.get((scenario.name, n, label)), h.value)
-                                 for n in rounds] for label in labels}
-            values = {label: median(per_round[label]) for label in labels}
-            round_ratios = None
-            if len(rounds) > 1:
-                base = per_round.get(baseline, [None] * len(rounds))
-                round_ratios = {label: [r for v, b in zip(per_round[label], base, strict=True)
-                                        if (r := ratio(v, b)) is not None]
-                                for label in labels}
-            rows.append(Row(scenario.name, h.metric, h.unit, h.better, values, round_ratios))
-    return rows
-
-
-def _value(result: RunResult | None, read: Callable[[dict[str, Any]], float | None]
-           ) -> float | None:
-    return None if result is None else read(result.metrics)
-
-
-def report(args: argparse.Namespace, app: str, specs: Sequence[WorkerSpec], baseline: str,
-           scenarios: Sequence[Scenario], results: Sequence[RunResult], options: Options,
-           started: datetime.datetime) -> dict[str, Any]:
-    """The JSON document; its layout is described in docs/benchmarks.md."""
-    labels = [s.label for s in specs]
-    rows = table_rows(scenarios, results, labels, baseline)
-    return {
-        "schema": SCHEMA,
-        "started": started.isoformat(timespec="seconds"),
-        "app": app,
-        "bench_app": BENCH_APP,
-        "baseline": baseline,
-        "machine": {
-            "cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "gunicorn": _gunicorn_version(),
-            "wrk": wrk.version(options.wrk_path) if options.wrk_path else None,
-        },
-        "settings": {
-            "workers": args.workers, "repeat": args.repeat, "duration_s": options.duration_s,
-            "warmup_s": options.warmup_s, "connections": options.connections,
-            "path": options.path, "loadgen": options.loadgen,
-            "throughput_loadgen": "wrk" if options.use_wrk() else (
-                "builtin-open-loop" if options.rate > 0 else "builtin"),
-            "rate": options.rate, "timeout_s": options.request_timeout_s,
-            "slow_clients": options.slow_clients, "slow_deadline_s": options.slow_deadline_s,
-            "hol_slow_ms": options.hol_slow_ms, "hol_slow_clients": options.hol_slow_clients,
-            "hol_rate": options.hol_rate, "handoff_connections": options.handoff_connections,
-            "gunicorn_args": list(args.gunicorn_arg),
-        },
-        "workers": [{"label": s.label, "worker_class": s.worker_class, "threads": s.threads}
-                    for s in specs],
-        "scenarios": [{"name": s.name, "title": s.title, "app": BENCH_APP if s.uses_bench_app
-                       else app} for s in scenarios],
-        "results": [r.as_dict() for r in results],
-        "table": [{
-            "scenario": row.scenario, "metric": row.metric, "unit": row.unit,
-            "better": row.better, "values": _json_safe(dict(row.values)),
-            "ratios": _json_safe(row.ratios(baseline)),
-            **({} if row.round_ratios is None else
-               {"round_ratios": _json_safe({k: list(v) for k, v in row.round_ratios.items()})}),
-        } for row in rows],
-    }
-
-
-def rows_from_report(doc: dict[str, Any]) -> list[Row]:
-    """Rebuild the table rows from a report (e.g. one read back from JSON)."""
-    return [Row(t["scenario"], t["metric"], t["unit"], t["better"], t["values"],
-                t.get("round_ratios")) for t in doc["table"]]
-
-
-def _gunicorn_version() -> str | None:
-    try:
-        import gunicorn
-    except ImportError:
-        return None
-    return str(gunicorn.__version__)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -439,5 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for path in written:
                 progress.write(f"wrote {path}\n")
-    failed = [r for r in doc["results"] if r["error"]]
-    return 1 if failed else 0
+    summary = failure_summary(doc)
+    for line in summary:
+        progress.write(line + "\n")
+    return 1 if summary else 0

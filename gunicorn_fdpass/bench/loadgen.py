@@ -52,6 +52,11 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
     #: Open loop: requests that were due but never sent or answered before the end.
     late: int = 0
+    #: Connections opened.
+    connects: int = 0
+    #: Closed loop: responses counted per client (one keep-alive connection each while
+    #: nothing fails), in client order.
+    per_connection: list[int] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -173,11 +178,13 @@ def _error_kind(exc: BaseException) -> str:
     return "read"
 
 
-async def _exchange(client: Client | None, port: int, raw: bytes
+async def _exchange(client: Client | None, port: int, raw: bytes, result: LoadResult
                     ) -> tuple[Client, Response]:
-    """Connect if ``client`` is None, then send ``raw`` and read the response."""
+    """Connect if ``client`` is None (counted in ``result``), then send ``raw`` and read the
+    response."""
     if client is None:
         client = await Client.connect(port)
+        result.connects += 1
     try:
         return client, await client.request(raw)
     except BaseException:
@@ -199,9 +206,9 @@ async def closed_loop(port: int, *, path: str = "/", connections: int = 16,
     raw = build_request(path, keep_alive=keep_alive)
     start = time.perf_counter()
     deadline = start + duration_s
-    result = LoadResult(duration_s=duration_s)
+    result = LoadResult(duration_s=duration_s, per_connection=[0] * connections)
 
-    async def one_client() -> None:
+    async def one_client(index: int) -> None:
         client: Client | None = None
         try:
             while True:
@@ -209,8 +216,8 @@ async def closed_loop(port: int, *, path: str = "/", connections: int = 16,
                 if finish_in_flight and t0 >= deadline:
                     return
                 try:
-                    live, response = await asyncio.wait_for(_exchange(client, port, raw),
-                                                            timeout_s)
+                    live, response = await asyncio.wait_for(
+                        _exchange(client, port, raw, result), timeout_s)
                 except (OSError, asyncio.TimeoutError, ResponseError) as exc:
                     client = None  # _exchange closed it
                     if finish_in_flight or time.perf_counter() < deadline:
@@ -223,6 +230,7 @@ async def closed_loop(port: int, *, path: str = "/", connections: int = 16,
                     return
                 result.latencies_s.append(t1 - t0)
                 result.statuses[response.status] += 1
+                result.per_connection[index] += 1
                 if response.worker_pid is not None:
                     result.pids[response.worker_pid] += 1
                 if not (keep_alive and response.keep_alive):
@@ -232,7 +240,7 @@ async def closed_loop(port: int, *, path: str = "/", connections: int = 16,
             if client is not None:
                 client.close()
 
-    tasks = [asyncio.create_task(one_client()) for _ in range(connections)]
+    tasks = [asyncio.create_task(one_client(i)) for i in range(connections)]
     await _run_until(tasks, deadline + (timeout_s + 1.0 if finish_in_flight else 0.0))
     return result
 
@@ -261,8 +269,8 @@ async def open_loop(port: int, *, rate: float, path: str = "/", duration_s: floa
             client = idle.pop() if idle else None
             try:
                 left = intended + timeout_s - time.perf_counter()
-                live, response = await asyncio.wait_for(_exchange(client, port, raw),
-                                                        max(left, 0.001))
+                live, response = await asyncio.wait_for(
+                    _exchange(client, port, raw, result), max(left, 0.001))
             except (OSError, asyncio.TimeoutError, ResponseError) as exc:
                 result.errors[_error_kind(exc)] += 1
                 return

@@ -48,9 +48,11 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
             values = [row["values"].get(label) or 0.0 for label in labels]
             bars = ax.bar(range(len(labels)), values,
                           color=[colors[i % len(colors)] for i in range(len(labels))])
+            failures = row.get("failures") or {}
             for bar, label in zip(bars, labels, strict=True):
                 r = row["ratios"].get(label)
-                ax.annotate("-" if r is None else f"{r:.2f}x",
+                text = "FAILED" if label in failures else "-" if r is None else f"{r:.2f}x"
+                ax.annotate(text,
                             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=8)
             ax.set_xticks(range(len(labels)))

@@ -82,6 +82,17 @@ def jain_index(allocations: Iterable[float]) -> float:
     return total * total / (len(values) * squares)
 
 
+def spread(counts: Sequence[int]) -> dict[str, float | int | None]:
+    """How evenly ``counts`` (e.g. requests per connection) are spread: min, max, mean, and
+    the coefficient of variation (population standard deviation / mean; 0 is even)."""
+    if not counts:
+        return {"min": None, "max": None, "mean": None, "cv": None}
+    mean = math.fsum(counts) / len(counts)
+    variance = math.fsum((c - mean) ** 2 for c in counts) / len(counts)
+    return {"min": min(counts), "max": max(counts), "mean": mean,
+            "cv": math.sqrt(variance) / mean if mean > 0 else None}
+
+
 def ratio(value: float | None, baseline: float | None) -> float | None:
     """``value / baseline``; None when either is missing, NaN or the baseline is zero."""
     if value is None or baseline is None or math.isnan(value) or math.isnan(baseline):
@@ -98,7 +109,8 @@ class Row:
     With repeated rounds (``--repeat``), ``values`` are the medians over the rounds and
     ``round_ratios`` hold each worker's ratio against the baseline in every round that both
     completed: the ratio shown is their median, with their range beside it, because ratios
-    taken within one round are what stays comparable on a noisy machine.
+    taken within one round are what stays comparable on a noisy machine. ``failures`` maps
+    the workers whose scenario failed in every round to the failure shown in their cells.
     """
 
     scenario: str
@@ -107,6 +119,7 @@ class Row:
     better: Better
     values: Mapping[str, float | None]
     round_ratios: Mapping[str, Sequence[float]] | None = None
+    failures: Mapping[str, str] | None = None
 
     def ratios(self, baseline: str) -> dict[str, float | None]:
         """Each worker's value divided by the baseline worker's value (with rounds: the
@@ -160,7 +173,11 @@ def format_ratio(value: float | None) -> str:
 
 
 def format_cell(row: Row, label: str, ratio_value: float | None) -> str:
-    """``value (ratio)``, or ``value (ratio, low-high)`` when the row has rounds."""
+    """``value (ratio)``, or ``value (ratio, low-high)`` when the row has rounds, or
+    ``FAILED: why`` when the worker's scenario failed."""
+    failure = (row.failures or {}).get(label)
+    if failure is not None:
+        return f"FAILED: {failure}"
     text = f"{format_value(row.values.get(label), row.unit)} ({format_ratio(ratio_value)}"
     spread = row.ratio_range(label)
     if spread is not None and spread[0] != spread[1]:
@@ -202,7 +219,9 @@ def format_markdown_table(rows: Sequence[Row], labels: Sequence[str], baseline: 
     for row in rows:
         ratios = row.ratios(baseline)
         metric = f"{row.metric} ({row.unit})" if row.unit else row.metric
-        cells = [format_cell(row, label, ratios.get(label)) for label in labels]
+        # A failure text may hold a path with a pipe in it.
+        cells = [format_cell(row, label, ratios.get(label)).replace("|", "\\|")
+                 for label in labels]
         out.append(f"| {row.scenario} | {metric} | {row.better} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 

@@ -85,6 +85,8 @@ class WrkResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
     pids: dict[int, int] = field(default_factory=dict)
+    #: The CPUs the wrk process was allowed to run on, read back from it after it started.
+    cpus: list[int] | None = None
 
     @property
     def socket_errors(self) -> int:
@@ -178,6 +180,14 @@ def parse_output(text: str) -> WrkResult:
     return result
 
 
+def _affinity(pid: int) -> list[int] | None:
+    """The CPUs process ``pid`` may run on (None if it already exited)."""
+    try:
+        return sorted(os.sched_getaffinity(pid))
+    except OSError:
+        return None
+
+
 def run(url: str, *, connections: int, duration_s: float, threads: int = 2,
         headers: Sequence[str] = (), timeout_s: float = 5.0, path: str | None = None
         ) -> WrkResult:
@@ -200,13 +210,20 @@ def run(url: str, *, connections: int, duration_s: float, threads: int = 2,
         for header in headers:
             cmd += ["-H", header]
         cmd.append(url)
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  timeout=seconds + timeout_s + 10.0)
-        except subprocess.TimeoutExpired as exc:
-            raise WrkError(f"wrk did not finish within {seconds + timeout_s + 10.0:.0f}s") from exc
+        limit = seconds + timeout_s + 10.0
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as proc:
+            cpus = _affinity(proc.pid)
+            try:
+                stdout, stderr = proc.communicate(timeout=limit)
+            except subprocess.TimeoutExpired as exc:
+                proc.kill()
+                proc.communicate()
+                raise WrkError(f"wrk did not finish within {limit:.0f}s") from exc
         if proc.returncode != 0:
-            raise WrkError(f"wrk exited with status {proc.returncode}: {proc.stderr.strip()}")
-        return parse_output(proc.stdout)
+            raise WrkError(f"wrk exited with status {proc.returncode}: {stderr.strip()}")
+        result = parse_output(stdout)
+        result.cpus = cpus
+        return result
     finally:
         os.unlink(script.name)

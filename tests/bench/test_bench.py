@@ -388,7 +388,30 @@ def check_report(doc: dict[str, Any], scenarios: list[str], labels: list[str]) -
                     assert row["ratios"][label] == pytest.approx(v / base)
 
 
-def check_table(text: str, n_rows: int, labels: list[str]) -> None:
+def check_cpu(cpu: dict[str, Any], *, one_request_per_connection: bool) -> None:
+    """The CPU figures of one throughput run add up."""
+    ticks_us = cpu["tick_s"] * 1e6
+    assert cpu["requests"] > 0 and cpu["connections"] >= 1
+    if one_request_per_connection:
+        assert cpu["connections"] >= cpu["requests"]
+    assert cpu["master_ticks"] >= 0 and cpu["worker_ticks"] > 0
+    assert cpu["worker_us_per_req"] == pytest.approx(
+        cpu["worker_ticks"] * ticks_us / cpu["requests"])
+    assert cpu["master_us_per_req"] == pytest.approx(
+        cpu["master_ticks"] * ticks_us / cpu["requests"])
+    assert cpu["master_us_per_conn"] == pytest.approx(
+        cpu["master_ticks"] * ticks_us / cpu["connections"])
+    assert cpu["server_us_per_req"] == pytest.approx(
+        cpu["master_us_per_req"] + cpu["worker_us_per_req"])
+    if cpu["master_ticks"]:
+        assert cpu["master_ceiling_per_s"] == pytest.approx(1e6 / cpu["master_us_per_req"])
+    else:  # less than a tick: the ceiling is unknown, not infinite
+        assert cpu["master_ceiling_per_s"] is None
+
+
+def check_table(text: str, n_rows: int, labels: list[str],
+                failed: dict[str, str] | None = None) -> None:
+    """Each cell is ``value (ratio)``, or ``FAILED: why`` for the classes in ``failed``."""
     lines = text.strip().splitlines()
     assert lines[0].split() == ["scenario", "metric", "better", *labels]
     body = lines[2:2 + n_rows]
@@ -396,8 +419,11 @@ def check_table(text: str, n_rows: int, labels: list[str]) -> None:
     for line in body:
         cells = re.split(r"\s{2,}", line.strip())
         assert len(cells) == 3 + len(labels), line
-        for cell in cells[3:]:
-            assert CELL_RE.match(cell), (cell, line)
+        for label, cell in zip(labels, cells[3:], strict=True):
+            if failed and label in failed:
+                assert cell == f"FAILED: {failed[label]}", (cell, line)
+            else:
+                assert CELL_RE.match(cell), (cell, line)
 
 
 def check_progress(stderr: str, scenarios: list[str], labels: list[str]) -> None:
@@ -463,6 +489,28 @@ def test_every_scenario_with_the_builtin_generator(tmp_path: Path) -> None:
         assert hol["requests"] + sum(hol["errors"].values()) + hol["late"] == int(40 * 0.6 * 0.9)
         assert len(hol["fast_latencies_ms"]) == hol["requests"]
         assert hol["slow_requests"] > 0
+        queue = by(doc, "queueing", label)
+        assert queue["connections"] == 16 and len(queue["per_connection"]) == 16
+        assert sum(queue["per_connection"]) == queue["requests"] > 0
+        assert set(queue["statuses"]) == {"200"}
+        spread = queue["per_connection_spread"]
+        assert spread["min"] <= spread["mean"] <= spread["max"] and spread["cv"] >= 0
+        # /slow?ms=5 on 16 connections: no request is answered faster than its view.
+        assert queue["latency_ms"]["p50"] >= 5.0
+        for name in ("close", "keepalive", "fairness", "handoff", "queueing"):
+            check_cpu(by(doc, name, label)["cpu"], one_request_per_connection=name in (
+                "close", "handoff"))
+    # The fdpass master did the dispatching: it used CPU, sync's and gthread's barely any.
+    master_ticks = {label: sum(by(doc, name, label)["cpu"]["master_ticks"]
+                               for name in ("close", "keepalive", "fairness", "handoff"))
+                    for label in LABELS}
+    assert master_ticks["fdpass"] > master_ticks["sync"], master_ticks
+    assert master_ticks["fdpass"] > master_ticks["gthread/4"], master_ticks
+    metrics = {(t["scenario"], t["metric"]) for t in doc["table"]}
+    assert {("close", "master CPU per conn"), ("keepalive", "master CPU per req"),
+            ("handoff", "master ceiling"), ("fairness", "worker CPU per req"),
+            ("close", "total CPU per req"), ("queueing", "p99 latency"),
+            ("queueing", "max latency"), ("queueing", "requests per connection CV")} <= metrics
     # Controls showing the scenarios bite: two sync workers stuck on the silent connections
     # answer nothing, and fast requests queue behind slow ones.
     assert by(doc, "slow-clients", "sync")["answered"] == 0
@@ -510,9 +558,12 @@ def test_a_server_that_cannot_start_is_reported(capsys: pytest.CaptureFixture[st
     out, err = capsys.readouterr()
     assert code == 1
     assert "could not start sync" in err
+    assert "hint: no_such_module_for_bench:app is not importable" in err
     assert re.search(r"\[1/1\] close\s+sync\s+FAILED: server did not start", err)
-    check_table(out, 2, ["sync"])
-    assert "- (-)" in out
+    assert "FAILED: close on sync: server did not start" in err
+    # Every row of the scenario says so, where it used to show "- (-)".
+    n_rows = len(next(s for s in cli.SCENARIOS if s.name == "close").headlines)
+    check_table(out, n_rows, ["sync"], failed={"sync": "server did not start"})
 
 
 def test_bad_arguments_stop_before_starting_anything() -> None:
