@@ -13,9 +13,9 @@ from gunicorn import SERVER
 
 from . import settings as fdpass_settings
 from .errors import ConfigurationError
+from .http.config import HttpConfig
 from .http.request_rules import DEFAULT_SECURE_SCHEME_HEADERS, AddressAllowList, RequestRules
 from .master.dispatcher import DispatchSettings
-from .worker.connection import HttpConfig
 
 
 def validate(cfg: Any) -> None:
@@ -86,6 +86,7 @@ def http_config(cfg: Any, own: fdpass_settings.FdpassSettings, *,
         # As Gunicorn's own workers: another process may run the app only with several workers.
         multiprocess=int(cfg.workers) > 1,
         keepalive=float(cfg.keepalive) > 0 and not cfg.is_ssl,
+        parkable=not cfg.is_ssl,  # the TLS session lives in the worker
         io_timeout=io_timeout,
         burst=own.burst,
         rules=request_rules(cfg),

@@ -1,7 +1,7 @@
 """Pure PEP 3333 adapter: environ building, ``wsgi.input``, ``start_response`` and
 ``wsgi.file_wrapper``.
 
-Nothing in here touches a socket: the I/O layer (:mod:`gunicorn_fdpass.connection`) supplies
+Nothing in here touches a socket: the I/O layer (:mod:`gunicorn_fdpass.worker.cycle`) supplies
 callables for pulling body bytes and for pushing ``write()`` data, which keeps this module
 unit-testable without any networking.
 """
@@ -63,7 +63,7 @@ _STATUS_RE = re.compile(r"([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 # RFC 9110 7.6.1 hop-by-hop fields: PEP 3333 forbids applications to send them, because the
 # server owns the connection (and a Transfer-Encoding from the app would desync the framing).
 # "Connection" is the exception: applications commonly send "Connection: close" to ask for the
-# connection to end, which the server can honour safely (connection.py does; other values of
+# connection to end, which the server can honour safely (http/response.py does; other values of
 # it are dropped).
 HOP_BY_HOP = frozenset(
     {

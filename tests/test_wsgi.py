@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gunicorn_fdpass.http.request_rules import ParsedRequest, RequestRules, parse_head
+from gunicorn_fdpass.http.request_head import parse_head
+from gunicorn_fdpass.http.request_rules import ParsedRequest, RequestRules
 from gunicorn_fdpass.wsgi import (
     FileWrapper,
     InputStream,
@@ -27,7 +28,7 @@ def request(
     method: str = "GET",
     version: str = "1.1",
 ) -> ParsedRequest:
-    """The request as the connection layer hands it over: parsed by request_rules."""
+    """The request as the connection layer hands it over: parsed by request_head."""
     if headers is None:
         headers = [("Host", "example.com")]
 

@@ -1,16 +1,9 @@
-"""A validated request handed to h11, and its body read through h11. Sans-IO.
+"""A request body read through h11, with Gunicorn's chunk rules on top. Sans-IO.
 
-:func:`start_request` gives h11 the request head that :mod:`~gunicorn_fdpass.request_rules`
-accepted, **regenerated from the validator's decision** instead of the client's bytes: the
-request line, a placeholder ``Host``, exactly one framing field (``Content-Length: N`` or
-``Transfer-Encoding: chunked``, or none for an empty body), ``Connection: close`` when the
-connection must end, ``Expect: 100-continue`` when the client waits for it. h11 therefore
-frames the body exactly as the validator decided (same length or chunked, same version, same
-keep-alive), and never re-parses the client's header fields.
-
-:class:`RequestBody` then takes the body bytes through h11 (``Data`` and ``EndOfMessage``
-events). h11 alone decides where the body ends. For a Content-Length body h11 is never given
-more than the declared length, so it never holds bytes of the next request; for a chunked body
+:class:`RequestBody` takes the body bytes through the h11 connection that parsed the request
+head (:mod:`~gunicorn_fdpass.http.request_head`): ``Data`` and ``EndOfMessage`` events. h11
+alone decides where the body ends. For a Content-Length body h11 is never given more than the
+declared length, so it never holds bytes of the next request; for a chunked body
 it may, and they come back through ``Connection.trailing_data``.
 
 h11 reads chunk-size lines and the trailer section more leniently than Gunicorn (it does not
@@ -19,7 +12,7 @@ the trailer section, and any trailer field). So at every chunk boundary this mod
 exactly the bytes h11 consumed there and applies Gunicorn's rules to them. This check never
 decides where anything ends; it can only refuse.
 
-Errors raise :class:`~gunicorn_fdpass.request_rules.Rejected` with the status to answer with.
+Errors raise :class:`~gunicorn_fdpass.http.request_rules.Rejected` with the status to answer with.
 """
 
 from __future__ import annotations
@@ -29,9 +22,10 @@ from typing import Final
 
 import h11
 
-from .request_rules import ParsedRequest, Rejected, RequestRules, check_fields
+from .fields import check_trailer
+from .request_rules import ParsedRequest, Rejected, RequestRules
 
-__all__ = ["CHUNKED_FEED", "RequestBody", "h11_head", "start_request"]
+__all__ = ["CHUNKED_FEED", "RequestBody"]
 
 _HEX_RE: Final = re.compile(rb"[0-9A-Fa-f]+")
 # RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )
@@ -46,43 +40,11 @@ _BARE_LF_RE: Final = re.compile(rb"(?<!\r)\n")
 #: the bytes h11 holds are copied to see what it consumed, so this bounds that copy per chunk
 #: (a body of tiny chunks would otherwise cost a copy of a whole receive buffer per chunk).
 CHUNKED_FEED: Final = 16 * 1024
-
-
-def h11_head(request: ParsedRequest, *, close: bool) -> bytes:
-    """The request head h11 sees for ``request``: only what h11 needs to frame and to keep
-    its state (method for HEAD and CONNECT, version, the one framing field, close, 100-continue).
-    """
-    major, minor = request.version
-    lines = [f"{request.method} {request.target} HTTP/{major}.{minor}\r\nHost: h\r\n"]
-    if request.chunked:
-        lines.append("Transfer-Encoding: chunked\r\n")
-    elif request.content_length:
-        lines.append(f"Content-Length: {request.content_length}\r\n")
-    if close:
-        lines.append("Connection: close\r\n")
-    if request.expect_continue:
-        lines.append("Expect: 100-continue\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
-
-
-def start_request(
-    conn: h11.Connection, request: ParsedRequest, rules: RequestRules, *, close: bool
-) -> RequestBody:
-    """Give ``conn`` (a server-side h11 connection in the IDLE state, holding no bytes) the head
-    of an accepted ``request`` and return its body reader.
-
-    Raises :class:`Rejected` with h11's status if h11 refuses what the validator accepted (a
-    Content-Length of 20 digits or more is the one known case).
-    """
-    conn.receive_data(h11_head(request, close=close))
-    try:
-        event = conn.next_event()
-    except h11.RemoteProtocolError as exc:
-        raise Rejected(exc.error_status_hint, f"refused by h11: {exc}") from None
-    if type(event) is not h11.Request:  # cannot happen: h11 was given one complete head
-        raise Rejected(400, f"h11 did not take the request head ({event!r})")
-    return RequestBody(conn, request, rules)
+# h11's states once a whole request was read: MUST_CLOSE after any HTTP/1.0 exchange (even one
+# kept alive: h11 never sees our responses, each request gets a fresh h11 connection), and
+# MIGHT_SWITCH_PROTOCOL after a request with Upgrade, which is never accepted here.
+_MIGHT_SWITCH: Final = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]  # not in __all__
+_REQUEST_READ: Final = (h11.DONE, h11.MUST_CLOSE, _MIGHT_SWITCH)
 
 
 class RequestBody:
@@ -160,6 +122,14 @@ class RequestBody:
         a client that went away)."""
         return Rejected(400, "chunked body ended before its last chunk") if self.chunked else None
 
+    def trailing(self) -> bytes | None:
+        """Once the body was read to its end: the bytes h11 read past it (the start of the
+        next request), or None if h11 does not hold the request complete (then the connection
+        cannot carry another one)."""
+        if not self.done or self.conn.their_state not in _REQUEST_READ:
+            return None
+        return bytes(self.conn.trailing_data[0])
+
     def _expect_end(self) -> None:
         event = self.conn.next_event()
         if type(event) is not h11.EndOfMessage:  # cannot happen for a zero-length body
@@ -222,7 +192,7 @@ class _ChunkCheck:
         if len(block) > self.rules.max_header_block:
             raise Rejected(431, "trailer section too large")
         if len(block) > 2:
-            check_fields(block[:-2], self.request, self.rules, trusted=False, trailer=True)
+            check_trailer(block[:-2], self.request, self.rules)
 
     def _pending(self, rest: bytes) -> None:
         """h11 waits for more at a boundary; ``rest`` is everything from the size line on.

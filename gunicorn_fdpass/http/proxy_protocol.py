@@ -3,7 +3,7 @@
 ``parse`` looks at the first bytes of a connection and returns what a PROXY header says, or
 that there is none (in ``auto`` mode the header is optional, as in Gunicorn), or that more
 bytes are needed. A header from a peer outside ``proxy_allow_ips`` is refused with 403, a
-malformed one with 400 (:class:`~gunicorn_fdpass.request_rules.Rejected`).
+malformed one with 400 (:class:`~gunicorn_fdpass.http.request_rules.Rejected`).
 
 Parking: the header arrives once, at the start of a connection, but this worker may hand an
 idle keep-alive connection back to the master and get it again later, maybe in another worker

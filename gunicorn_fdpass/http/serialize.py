@@ -1,6 +1,7 @@
 """The one serializer of response heads, and the server's own small error responses.
 
-Used by the worker for the application's responses and its error answers, and by the master
+Used by the worker for the application's responses, its ``100 Continue`` and its error
+answers, and by the master
 for the 408 and 503 it answers by itself, so every response carries ``Date`` and ``Server``
 laid out the same way. Pure: returns bytes.
 """
@@ -13,7 +14,14 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Final
 
-__all__ = ["ErrorMessage", "error_message", "http_date", "reason_phrase", "serialize_head"]
+__all__ = [
+    "CONTINUE",
+    "ErrorMessage",
+    "error_message",
+    "http_date",
+    "reason_phrase",
+    "serialize_head",
+]
 
 _date_cache: tuple[int, str] = (0, "")
 
@@ -58,6 +66,10 @@ def serialize_head(status_code: int, reason: str, headers: Iterable[tuple[str, s
     lines += [f"{name}: {value}\r\n" for name, value in fields if name.lower() != "host"]
     lines.append("\r\n")
     return "".join(lines).encode("latin-1")
+
+
+#: The interim answer to ``Expect: 100-continue``.
+CONTINUE: Final = serialize_head(100, "Continue", ())
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,10 @@
 
 Thin by design: it maps Gunicorn's ``cfg`` onto the HTTP handler's settings, receives
 connections from the master over its channel, serves them with
-:func:`~gunicorn_fdpass.connection.serve_connection`, and reports back (``Done``, or ``Park`` with
-the fd for an idle keep-alive connection). With ``--threads N`` it serves N connections at once
-and announces a capacity of N to the master.
+:func:`~gunicorn_fdpass.worker.connection.serve_connection`, and reports back (``Done``, or
+``Park`` with the fd for a connection handed back). With ``--threads N`` it serves N
+connections at once and announces a capacity of N to the master. It implements the
+:class:`~gunicorn_fdpass.worker.api.RequestHooks` the connection loop calls.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from gunicorn import sock as gunicorn_sock
+from gunicorn.http.wsgi import WSGIErrorsWrapper
 from gunicorn.workers import base
 
 from .. import settings as fdpass_settings
@@ -29,7 +31,8 @@ from ..gunicorn_settings import http_config, validate
 from ..link import messages
 from ..link.channel import Channel, socket_from_fd
 from ..master import arbiter
-from .connection import After, Closed, Idle, RequestInfo, ResponseInfo, serve_connection
+from .api import After, Closed, Idle, RequestInfo, ResponseInfo
+from .connection import serve_connection
 
 
 class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -117,13 +120,22 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
             self.channel.send(messages.Draining())
             self._finish(in_flight)
         except PeerGone:
-            self.log.info("master is gone, worker exiting: %s", self)
+            self._master_hung_up()
         finally:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
             selector.close()
             self.channel.close()
             self.inbox.close()
+
+    def _master_hung_up(self) -> None:
+        if self._closing:
+            # A graceful stop: the master said Closing, finished what it held, and closed
+            # the channels. Nothing went wrong; Gunicorn's own workers say as much at info.
+            self.log.info("Server stopping: worker finished its requests (pid: %s)",
+                          os.getpid())
+        else:
+            self.log.warning("master is gone, worker exiting: %s", self)
 
     def _read_channel(self) -> None:
         """Act on what the master said besides handoffs (so far only ``Closing``)."""
@@ -154,23 +166,21 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
     def _serve(self, handoff: messages.Handoff, fd: int) -> None:
         conn_id = handoff.conn_id
         client = socket_from_fd(fd, handoff.family)
-        parkable = True
         try:
             conn: socket.socket = client
             if self._ssl_context is not None:
-                # The TLS session lives in this process, so the connection cannot be parked.
                 conn = self._ssl_context.wrap_socket(
                     client, server_side=True,
                     suppress_ragged_eofs=self.cfg.suppress_ragged_eofs,
                     do_handshake_on_connect=self.cfg.do_handshake_on_connect)
-                parkable = False
             outcome = serve_connection(conn, handoff.prefix, self.wsgi, self.http, self, self.log)
         except Exception:
             self.log.exception("Error serving connection")
             outcome = Closed()
         try:
-            if (isinstance(outcome, Idle) and parkable
-                    and len(outcome.leftover) <= messages.MAX_PAYLOAD):
+            # Idle only comes from the keep-alive decision, which never hands back a
+            # connection that cannot be parked (TLS); the leftover must also fit a message.
+            if isinstance(outcome, Idle) and len(outcome.leftover) <= messages.MAX_PAYLOAD:
                 self.channel.send(messages.Park(conn_id, outcome.leftover, client.family),
                                   client.fileno())
                 client.close()
@@ -200,6 +210,12 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
     def others_waiting(self) -> bool:
         """Work that arrived earlier waits (in the master's queue or as a reserve)."""
         return self.board.waiting() > 0
+
+    def wsgi_errors(self) -> Any:
+        """What Gunicorn's own workers give: the error log's streams, written as the
+        application wrote (no log-line prefix), made anew per request as Gunicorn does (a
+        reopened log file has a new stream)."""
+        return WSGIErrorsWrapper(self.cfg)
 
     def pre_request(self, req: RequestInfo) -> None:
         self.cfg.pre_request(self, req)

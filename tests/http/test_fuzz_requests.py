@@ -7,13 +7,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import h11
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gunicorn_fdpass.http.body_framing import start_request
-from gunicorn_fdpass.http.request_rules import Rejected, RequestRules, find_head_end, parse_head
+from gunicorn_fdpass.http.request_head import receive_head
+from gunicorn_fdpass.http.request_rules import Rejected, RequestRules, find_head_end
 from gunicorn_fdpass.worker.connection import Closed, Idle
 from tests.support.serve import StartResponse, serve
 
@@ -117,18 +116,18 @@ def test_mutated_valid_requests(request: bytes) -> None:
 @settings(max_examples=400, deadline=None)
 @given(mutated())
 def test_parser_only_raises_rejected(request: bytes) -> None:
-    """The sans-IO layer, without sockets (validator, then h11 for the body, fed a few bytes
-    at a time): any input either parses, asks for more, or is Rejected with a 4xx/5xx hint;
-    nothing else ever escapes, and h11 never holds more of a Content-Length body than the
+    """The sans-IO layer, without sockets (h11 with Gunicorn's rules around it for the head,
+    then h11 for the body, fed a few bytes at a time): any input either parses, asks for
+    more, or is Rejected with a 4xx/5xx hint; nothing else ever escapes, and h11 never holds
+    more of a Content-Length body than the
     validator declared."""
     rules = RequestRules()
     try:
         end = find_head_end(request, rules)
         if end < 0:
             return
-        parsed = parse_head(request[:end], rules, trusted=True)
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=rules.max_header_block)
-        body = start_request(conn, parsed, rules, close=False)
+        parsed, body = receive_head(request[:end], rules, trusted=True)
+        conn = body.conn
         rest = request[end:]
         received = 0
         while (data := body.next_data()) != b"":

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from gunicorn_fdpass.http import proxy_protocol
-from gunicorn_fdpass.http.request_rules import AddressAllowList, Rejected, RequestRules, parse_head
-from gunicorn_fdpass.worker.connection import Closed, Idle, serve_connection
+from gunicorn_fdpass.http.request_head import parse_head, receive_head
+from gunicorn_fdpass.http.request_rules import AddressAllowList, Rejected, RequestRules
+from gunicorn_fdpass.worker.api import Closed, Idle
+from gunicorn_fdpass.worker.connection import serve_connection
 from tests.support.serve import FakeHooks, FakeLog, StartResponse, make_config, one, serve
 
 pytestmark = pytest.mark.timeout(10)
@@ -301,9 +303,9 @@ def test_chunked_body_is_buffered_with_content_length() -> None:
 
 
 def test_large_chunked_body_spools_to_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gunicorn_fdpass.worker import connection
+    from gunicorn_fdpass.worker import body_reader
 
-    monkeypatch.setattr(connection, "_SPOOL_IN_MEMORY", 1024)
+    monkeypatch.setattr(body_reader, "_SPOOL_IN_MEMORY", 1024)
     seen: list[bool] = []
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
@@ -419,14 +421,8 @@ def test_chunked_rules_hold_however_the_bytes_arrive(
 ) -> None:
     """h11 frames the body; the rules h11 does not apply are checked on exactly the lines it
     consumed, whatever the boundaries of the pieces it was given."""
-    import h11
-
-    from gunicorn_fdpass.http.body_framing import start_request
-
     rule = rules()
-    request = parse_head(CHUNKED, rule, trusted=False)
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=rule.max_header_block)
-    reader = start_request(conn, request, rule, close=False)
+    _, reader = receive_head(CHUNKED, rule, trusted=False)
     rest, got = body + b"GET / HTTP/1.1\r\n", bytearray()
     try:
         while (data := reader.next_data()) != b"":
@@ -442,7 +438,7 @@ def test_chunked_rules_hold_however_the_bytes_arrive(
         return
     assert got == expected
     # What h11 read past the body is given back, in order, for the next request.
-    assert conn.trailing_data[0] + rest == b"GET / HTTP/1.1\r\n"
+    assert reader.conn.trailing_data[0] + rest == b"GET / HTTP/1.1\r\n"
 
 
 @pytest.mark.parametrize(("body", "expected"), CHUNKED_CASES[:5])

@@ -108,16 +108,16 @@ def test_underscore_transfer_encoding_is_dropped_not_honoured() -> None:
     assert app.paths == ["/first", "/smuggled"]  # a well-framed second request
 
 
-def test_gzip_chunked_is_framed_as_chunked_then_closed() -> None:
-    # Gunicorn serves "gzip, chunked" (h11 refused it): the chunked framing is removed, the
-    # still-encoded body reaches the app, and the connection is not reused.
+def test_gzip_chunked_is_refused_and_nothing_behind_it_is_served() -> None:
+    # Gunicorn serves "gzip, chunked"; h11, which parses the client's head, takes only
+    # "chunked" and answers 501 (docs/http-conformance.md). Nothing reaches the application.
     app = Recorder()
     request = post(b"Transfer-Encoding: gzip, chunked\r\n", b"3\r\nabc\r\n0\r\n\r\n") + SMUGGLED
     out = serve(app, request, client_eof=True)
     responses, _ = parse(out.raw, ["POST"])
-    assert responses[0].status == 200 and responses[0].body == b"abc"
+    assert responses[0].status == 501
     assert responses[0].headers["connection"] == "close"
-    assert app.paths == ["/first"]
+    assert app.paths == []
 
 
 @pytest.mark.parametrize(

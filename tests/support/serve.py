@@ -4,6 +4,7 @@ hooks and log, and a parser for what came back."""
 from __future__ import annotations
 
 import datetime
+import io
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -12,15 +13,9 @@ from typing import Any
 
 import h11
 
-from gunicorn_fdpass.worker.connection import (
-    After,
-    Closed,
-    HttpConfig,
-    Idle,
-    RequestInfo,
-    ResponseInfo,
-    serve_connection,
-)
+from gunicorn_fdpass.http.config import HttpConfig
+from gunicorn_fdpass.worker.api import After, Closed, Idle, RequestInfo, ResponseInfo
+from gunicorn_fdpass.worker.connection import serve_connection
 
 StartResponse = Callable[..., Callable[[bytes], None]]
 
@@ -66,6 +61,10 @@ class FakeHooks:
         default_factory=list
     )
     post_raises: bool = False
+    errors: io.StringIO = field(default_factory=io.StringIO)  # every request's wsgi.errors
+
+    def wsgi_errors(self) -> io.StringIO:
+        return self.errors
 
     def others_waiting(self) -> bool:
         return self.waiting

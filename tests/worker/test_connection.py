@@ -708,3 +708,41 @@ def test_response_head_bytes() -> None:
         b"HTTP/1.1 201 Made\r\nHost: h\r\nServer: test-server/1\r\nX-A: v\r\nDate: D\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     )
+
+
+def test_upgrade_request_is_answered_and_the_connection_kept() -> None:
+    # h11 sees the client's Upgrade field now; it is never accepted, and the connection stays
+    # usable for the next request.
+    upgrade = b"GET /u HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    out = serve(hello_app, upgrade + GET)
+    responses, rest = parse(out.raw, ["GET", "GET"])
+    assert [r.body for r in responses] == [b"hello /u", b"hello /x"] and rest == b""
+    assert out.result == Idle(leftover=b"")
+
+
+def test_wsgi_errors_is_the_stream_the_worker_gives() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        environ["wsgi.errors"].write("one\ntw")
+        environ["wsgi.errors"].write("o\n")
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    out = serve(app, GET)
+    assert out.hooks.errors.getvalue() == "one\ntwo\n"
+    assert out.log.records == []  # nothing of it goes through the log with a prefix
+
+
+def test_100_continue_is_the_one_serializers_bytes() -> None:
+    from gunicorn_fdpass.http.serialize import CONTINUE
+
+    assert CONTINUE == b"HTTP/1.1 100 Continue\r\n\r\n"
+    request = b"POST /e HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+
+    def client(sock: socket.socket) -> None:
+        sock.sendall(request)
+        assert sock.recv(len(CONTINUE)) == CONTINUE
+        sock.sendall(b"abc")
+        sock.shutdown(socket.SHUT_WR)
+
+    out = serve(echo_app, client=client)
+    assert one(out.raw).body == b"abc"

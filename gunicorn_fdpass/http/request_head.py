@@ -1,0 +1,237 @@
+"""Reading one request head: h11 parses the client's bytes, Gunicorn's rules run around it.
+Sans-IO.
+
+:func:`receive_head` takes a complete head (delimited by
+:func:`~gunicorn_fdpass.http.request_rules.find_head_end`, which already refused an oversized
+request line or header section and any bare LF) and:
+
+1. **Before h11, on the raw bytes**, checks what h11 accepts or silently normalises away:
+   control characters and bare CR in the header section, obs-fold (h11 joins folded lines;
+   Gunicorn refuses them unless ``permit_obsolete_folding``), the length of each field line
+   (431). It also reads the two framing fields, ``Content-Length`` and
+   ``Transfer-Encoding``, as the client sent them and decides the framing with Gunicorn's
+   rules and statuses: h11 would merge a repeated or listed Content-Length (``5, 5``) into
+   one, lower-case a transfer coding, and answer 501 where Gunicorn answers 400.
+2. **h11** gets the client's bytes (one leading empty line dropped, which RFC 9112 2.2 lets a
+   server ignore and h11 refuses) and parses the request line and header fields into a
+   ``Request`` event. What h11 refuses is answered with its ``error_status_hint``. It then
+   frames the body exactly as decided in step 1 (it only accepts a single ``chunked`` or a
+   plain Content-Length, and those mean the same to both).
+3. **After h11, on its Request event**: Gunicorn's method, target and version rules, and the
+   field rules and header policy of :mod:`~gunicorn_fdpass.http.fields`.
+
+The one exception to "h11 gets the client's bytes": with Gunicorn's ``strip_header_spaces``
+(a compatibility flag Gunicorn documents as dangerous), the whitespace between a field name
+and its colon is removed first, since h11 refuses it and Gunicorn strips it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+from urllib.parse import urlsplit
+
+import h11
+
+from .body_framing import RequestBody
+from .fields import apply_fields
+from .request_rules import TOKEN, ParsedRequest, Rejected, RequestRules
+
+__all__ = ["new_parser", "parse_head", "receive_head"]
+
+# Gunicorn's "conventional method" rule: no lower case and no '#', 3 to 20 characters.
+_METHOD_BADCHAR_RE: Final = re.compile(rb"[a-z#]")
+# RFC 9112 3.2 / RFC 3986 2: a request-target is printable ASCII (h11 agrees).
+_TARGET_INVALID_RE: Final = re.compile(rb"[^\x21-\x7e]")
+# In a header section: control characters other than HTAB, CR and LF (RFC 9110 5.5); h11
+# lets some through. A single character class: one fast C-level scan.
+_CONTROL_RE: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A framing field, with its folded continuation lines (only present when folding is
+# permitted). Matched in the raw head, from the CRLF that ends the previous line.
+_FRAMING_FIELD_RE: Final = re.compile(
+    rb"\r\n(content-length|transfer-encoding)[ \t]*:([^\r]*(?:\r\n[ \t][^\r]*)*)",
+    re.IGNORECASE,
+)
+_SPACE_BEFORE_COLON_RE: Final = re.compile(rb"(\r\n" + TOKEN + rb")[ \t]+:")
+_KNOWN_CODINGS: Final = ("identity", "compress", "deflate", "gzip")
+
+
+def new_parser(rules: RequestRules) -> h11.Connection:
+    """A server-side h11 connection for one request."""
+    # h11 only ever buffers an incomplete chunk-size line or trailer section (a head is
+    # complete when it gets it): bound them like Gunicorn bounds a header section.
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=rules.max_header_block)
+
+
+def receive_head(
+    head: bytes, rules: RequestRules, *, trusted: bool
+) -> tuple[ParsedRequest, RequestBody]:
+    """Parse a complete request head; return it and the reader of its body (through the same
+    h11 connection). ``trusted``: the peer is in ``forwarded_allow_ips``, so it may set
+    ``secure_scheme_headers`` and ``forwarder_headers``. Raises :class:`Rejected`."""
+    conn = new_parser(rules)
+    request = parse_head(head, rules, trusted=trusted, conn=conn)
+    return request, RequestBody(conn, request, rules)
+
+
+def parse_head(
+    head: bytes, rules: RequestRules, *, trusted: bool, conn: h11.Connection | None = None
+) -> ParsedRequest:
+    """Parse a complete request head with h11 and Gunicorn's rules (see the module).
+
+    ``conn`` is the h11 connection to feed (a new one if None); it is left holding the
+    request's state, ready for its body. Raises :class:`Rejected`.
+    """
+    start = 2 if head[:2] == b"\r\n" else 0
+    line_end = head.find(b"\r\n", start)
+    if line_end < 0:
+        raise Rejected(400, "incomplete request head")
+    _check_raw_block(head[line_end + 2 : -2], rules)
+    length, chunked, coded, te_value = _framing(head, line_end)
+    data = head[start:]
+    if rules.strip_header_spaces:
+        data = _SPACE_BEFORE_COLON_RE.sub(rb"\1:", data)
+    if conn is None:
+        conn = new_parser(rules)
+    conn.receive_data(data)
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError as exc:
+        raise Rejected(exc.error_status_hint, f"refused by h11: {exc}") from None
+    if type(event) is not h11.Request:  # cannot happen: h11 was given one complete head
+        raise Rejected(400, f"h11 did not take the request head ({event!r})")
+    request = _request_line(event.method, event.target, event.http_version, rules)
+    apply_fields(event.headers.raw_items(), request, rules, trusted=trusted)
+    if chunked:
+        if request.version < (1, 1):
+            raise Rejected(400, "chunked on HTTP/1.0")
+        request.chunked = True
+        # h11 lower-cased the value; the application sees it as sent, as under Gunicorn.
+        request.headers = [
+            (name, te_value if name == "TRANSFER-ENCODING" else value)
+            for name, value in request.headers
+        ]
+    request.content_length = length
+    request.must_close = request.must_close or coded
+    return request
+
+
+def _check_raw_block(block: bytes, rules: RequestRules) -> None:
+    """Checks on the header section's raw bytes (each line with its CRLF, no blank line)."""
+    if _CONTROL_RE.search(block):
+        raise Rejected(400, "invalid character in the header section")
+    crlf = block.count(b"\r\n")
+    if block.count(b"\r") != crlf or block.count(b"\n") != crlf:  # RFC 9112 2.2
+        raise Rejected(400, "bare CR or LF in the header section")
+    folded = block[:1] in (b" ", b"\t") or b"\r\n " in block or b"\r\n\t" in block
+    if folded:
+        if block[:1] in (b" ", b"\t"):
+            raise Rejected(400, "invalid header line")  # folded onto the request line
+        if not rules.permit_obsolete_folding:
+            raise Rejected(400, "obsolete line folding")
+    size = rules.field_size
+    if len(block) <= size:
+        return  # no line can be too long
+    lines = block.split(b"\r\n")
+    if not folded:
+        if max(map(len, lines)) + 2 > size:
+            raise Rejected(431, "header field too large")
+        return
+    length = 0  # a folded field counts with its continuation lines, as in Gunicorn
+    for line in lines:
+        length = length + len(line) + 2 if line[:1] in (b" ", b"\t") else len(line) + 2
+        if length > size:
+            raise Rejected(431, "header field too large")
+
+
+def _framing(head: bytes, line_end: int) -> tuple[int | None, bool, bool, str]:
+    """The framing fields as sent, decided with Gunicorn's rules (RFC 9112 6), refusing every
+    ambiguous case: (Content-Length or None, chunked, a coding before chunked, TE value)."""
+    content_length: bytes | None = None
+    te_value = ""
+    chunked = coded = transfer_encoding = False
+    for match in _FRAMING_FIELD_RE.finditer(head, line_end):
+        value = match.group(2)
+        if b"\r\n" in value:  # folded (permit_obsolete_folding): joined as Gunicorn does
+            value = b" ".join(part.strip(b" \t") for part in value.split(b"\r\n"))
+        else:
+            value = value.strip(b" \t")
+        if len(match.group(1)) == 14:  # content-length
+            if content_length is not None:
+                raise Rejected(400, "repeated Content-Length")
+            content_length = value
+            continue
+        transfer_encoding = True
+        te_value = value.decode("latin-1")
+        for coding in te_value.split(","):
+            coding = coding.strip(" \t").lower()
+            if coding == "chunked":
+                if chunked:
+                    raise Rejected(400, "chunked applied twice")
+                chunked = True
+            elif coding in _KNOWN_CODINGS:
+                if chunked:
+                    raise Rejected(400, "chunked is not the last transfer coding")
+                # The application gets the still-encoded body; what follows it on the
+                # connection is not worth trusting.
+                coded = coded or coding != "identity"
+            else:
+                raise Rejected(501, "unsupported transfer coding")
+    if transfer_encoding and not chunked:
+        raise Rejected(400, "transfer coding does not end with chunked")  # RFC 9112 6.3
+    if chunked:
+        if content_length is not None:
+            raise Rejected(400, "both Content-Length and Transfer-Encoding")
+        return None, True, coded, te_value
+    if content_length is None:
+        return None, False, coded, te_value
+    if not (content_length.isascii() and content_length.isdigit()):
+        raise Rejected(400, "invalid Content-Length")
+    return int(content_length), False, coded, te_value
+
+
+def _request_line(
+    method: bytes, target: bytes, version: bytes, rules: RequestRules
+) -> ParsedRequest:
+    """Gunicorn's rules for the request line h11 parsed (method and target are tokens and
+    visible ASCII, the version ``N.N``: h11 checked that much)."""
+    if not rules.permit_unconventional_http_method and (
+        _METHOD_BADCHAR_RE.search(method) or not 3 <= len(method) <= 20
+    ):
+        raise Rejected(400, "invalid method")
+    if rules.casefold_http_method:
+        method = method.upper()
+    if _TARGET_INVALID_RE.search(target):
+        raise Rejected(400, "invalid request target")
+    if target == b"*":
+        if method != b"OPTIONS":  # RFC 9112 3.2.4
+            raise Rejected(400, "asterisk-form is only for OPTIONS")
+        path, query, fragment = b"*", b"", b""
+    elif target[:1] == b"/":
+        rest, _, fragment = target.partition(b"#")
+        path, _, query = rest.partition(b"?")
+    elif b"://" in target:
+        try:
+            split = urlsplit(target)
+        except ValueError:
+            raise Rejected(400, "invalid request target") from None
+        path, query, fragment = split.path, split.query, split.fragment
+        if not path:
+            path = b"/"
+    elif method == b"CONNECT":  # RFC 9112 3.2.3 authority-form
+        path, query, fragment = b"", b"", b""
+    else:
+        raise Rejected(400, "authority-form is only for CONNECT")
+    ver = (version[0] - 48, version[2] - 48)
+    if not (1, 0) <= ver < (2, 0) and not rules.permit_unconventional_http_version:
+        raise Rejected(400, "unsupported HTTP version")
+    return ParsedRequest(
+        method=method.decode("latin-1"),
+        target=target.decode("latin-1"),
+        path=path.decode("latin-1"),
+        query=query.decode("latin-1"),
+        fragment=fragment.decode("latin-1"),
+        version=ver,
+        headers=[],
+        must_close=method == b"CONNECT",  # after CONNECT, the bytes are tunnel data
+    )
