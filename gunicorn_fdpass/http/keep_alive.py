@@ -107,7 +107,11 @@ def decide(
     """
     if closes(facts, policy, after):
         return Next.CLOSE
-    if after is After.HAND_BACK or served >= policy.burst or others_waiting:
+    if after is After.HAND_BACK or served >= policy.burst:
         # A connection that cannot be parked cannot wait in the master's queue either.
         return Next.HAND_BACK if policy.parkable else Next.CLOSE
+    if others_waiting and policy.parkable:
+        # Only a parkable connection can queue behind them; closing a TLS connection
+        # whenever others wait would cost its client a new handshake for every request.
+        return Next.HAND_BACK
     return Next.KEEP

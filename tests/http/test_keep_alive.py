@@ -48,7 +48,7 @@ CLEAN = Facts(client_close=False, framing_close=False)
         ({}, {}, After.CONTINUE, 1, True, HAND_BACK),
         # A connection that cannot be parked (TLS) closes instead of going back.
         ({}, {"parkable": False}, After.HAND_BACK, 1, False, CLOSE),
-        ({}, {"parkable": False}, After.CONTINUE, 1, True, CLOSE),
+        ({}, {"parkable": False}, After.CONTINUE, 1, True, KEEP),  # TLS: no handshake per request
         ({}, {"parkable": False}, After.CONTINUE, 4, False, CLOSE),
         ({}, {"parkable": False}, After.CONTINUE, 1, False, KEEP),
         # HTTP/1.0 keep-alive is kept like HTTP/1.1.
