@@ -154,6 +154,7 @@ class _MasterLoop:
     def _report(self) -> None:
         """Publish the live numbers: statsd, one debug log line, the stats file."""
         dispatcher = self.dispatcher
+        self._reporter.log = self.arbiter.log  # a reload makes a new logger (statsd or not)
         self._reporter.report(dispatcher.counts(), dispatcher.busy_by_worker(),
                               dispatcher.reserves_by_worker(), self.own.stats_file)
 
