@@ -578,3 +578,23 @@ def test_reserve_younger_than_the_patience_stays_while_others_are_queued(rig: Ri
     for w, got in ((b, queued), (a, first_of_a)):
         _serve(w, got)
     _serve(a, recv_until(a, rig))
+
+
+def test_the_waiting_board_counts_queued_work_and_reserves_after_every_round(rig: Rig) -> None:
+    w = rig.worker(capacity=1)
+    board = rig.dispatcher.board
+    assert board.waiting() == 0
+    for _ in range(3):
+        rig.connect()
+    rig.spin()
+    counts = rig.dispatcher.counts()
+    assert (counts["busy"], counts["reserves"], counts["queued"]) == (1, 1, 1)
+    assert board.waiting() == 2  # a worker about to go on with its connection must not
+    first = recv_until(w, rig)
+    _serve(w, first)
+    rig.spin()
+    assert board.waiting() == 1  # the reserve is being served; the queued one is the reserve
+    for _ in range(2):
+        _serve(w, recv_until(w, rig))
+    rig.spin()
+    assert board.waiting() == 0
