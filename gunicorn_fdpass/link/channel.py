@@ -2,7 +2,7 @@
 
 A :class:`Channel` is one end of a ``SOCK_SEQPACKET`` socketpair made in the master before the
 fork (each worker has two: its channel and its inbox). Each datagram is one
-:mod:`~gunicorn_fdpass.protocol` message, optionally with one fd as ``SCM_RIGHTS``.
+:mod:`~gunicorn_fdpass.link.messages` message, optionally with one fd as ``SCM_RIGHTS``.
 OS errors are translated here, once, into :class:`~gunicorn_fdpass.errors.PeerGone` (the other
 side died or hung up) and :class:`~gunicorn_fdpass.errors.ChannelClosed` (we closed it).
 """

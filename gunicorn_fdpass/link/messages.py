@@ -6,7 +6,7 @@ header followed by an optional payload. File descriptors travel beside a message
 only turns messages into bytes and back; it never touches a socket.
 
 Life of a connection on the wire (``Handoff`` travels in the worker's inbox, everything else
-in its channel; see :mod:`~gunicorn_fdpass.dispatcher`)::
+in its channel; see :mod:`~gunicorn_fdpass.master.links`)::
 
     master                          worker
       | <-------- Hello(capacity) ----- |   once, when the worker is ready

@@ -13,7 +13,6 @@ Python 3.12 warning about forking a multi-threaded process).
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -26,7 +25,9 @@ from gunicorn import sock as gunicorn_sock
 from .. import settings as fdpass_settings
 from ..errors import ConfigurationError
 from ..gunicorn_settings import dispatch_settings
-from .dispatcher import Dispatcher, WorkerEnds
+from .dispatcher import Dispatcher
+from .links import WorkerEnds
+from .report import Reporter
 
 #: Seconds between two reports of the live numbers (statsd, debug log, stats file).
 REPORT_INTERVAL = 1.0
@@ -120,7 +121,7 @@ class _MasterLoop:
         self.own = own
         self._cfg = arbiter.cfg
         self._next_report = 0.0
-        self._reported: dict[str, float] = {}
+        self._reporter = Reporter(arbiter.log)
 
     def attach(self) -> None:
         arbiter = self.arbiter
@@ -151,39 +152,11 @@ class _MasterLoop:
             self._report()
 
     def _report(self) -> None:
-        """Publish the live numbers: statsd (via Gunicorn's logger), debug log, stats file."""
-        counts = self.dispatcher.counts()
-        log = self.arbiter.log
-        for name in ("queued", "parked", "waiting_for_head", "busy", "workers",
-                     "queue_wait_max_ms"):
-            log.debug("fdpass.%s %s", name, counts[name],
-                      extra={"metric": f"fdpass.{name}", "value": counts[name],
-                             "mtype": "gauge"})
-        for name in ("accepted", "dispatched", "shed", "timed_out", "requeued", "evicted"):
-            delta = counts[name] - self._reported.get(name, 0)
-            if delta:
-                log.debug("fdpass.%s +%d", name, delta,
-                          extra={"metric": f"fdpass.{name}", "value": delta,
-                                 "mtype": "counter"})
-        busy = self.dispatcher.busy_by_worker()
-        for pid, n in busy.items():
-            log.debug("fdpass.worker.%s.busy %d", pid, n,
-                      extra={"metric": f"fdpass.worker.{pid}.busy", "value": n,
-                             "mtype": "gauge"})
-        self._reported = counts
-        if self.own.stats_file:
-            self._write_stats_file({**counts, "busy_by_worker": busy, "pid": os.getpid(),
-                                    "time": time.time()})
-
-    def _write_stats_file(self, numbers: dict[str, Any]) -> None:
-        path = self.own.stats_file
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "w") as fh:
-                json.dump(numbers, fh)
-            os.replace(tmp, path)  # readers never see a half-written file
-        except OSError as exc:
-            self.arbiter.log.warning("cannot write FDPASS_STATS_FILE %s: %s", path, exc)
+        """Publish the live numbers: statsd, one debug log line, the stats file."""
+        dispatcher = self.dispatcher
+        self._reporter.log = self.arbiter.log  # a reload makes a new logger (statsd or not)
+        self._reporter.report(dispatcher.counts(), dispatcher.busy_by_worker(),
+                              dispatcher.reserves_by_worker(), self.own.stats_file)
 
     def _stopping(self, stop: Callable[..., None]) -> Callable[..., None]:
         """Wrap ``Arbiter.stop``: a graceful stop first serves what the master holds."""

@@ -9,8 +9,8 @@ Reserves: a worker may be given ``reserve`` connections beyond its capacity, but
 worker has a free slot. A reserve waits, unread, until its worker is free, so the worker goes on
 without waiting for the master. It is not a promise: when another worker frees a slot first,
 the master may take the reserve back (:meth:`Scheduler.overbooked` names who holds one; when
-it does is the dispatcher's ``RESERVE_PATIENCE`` rule) and give it to that worker, so no
-connection waits behind a slow request while a worker idles.
+it does is the ``RESERVE_PATIENCE`` rule of :mod:`~gunicorn_fdpass.master.handoff`) and give
+it to that worker, so no connection waits behind a slow request while a worker idles.
 """
 
 from __future__ import annotations
@@ -121,6 +121,12 @@ class Scheduler(Generic[W]):
         """Connections currently counted against ``worker`` (0 if unknown)."""
         slots = self._workers.get(worker)
         return slots.busy if slots is not None else 0
+
+    def reserves(self, worker: W) -> int:
+        """Reserves ``worker`` holds: connections beyond its capacity, not started (0 if
+        unknown). ``busy(worker) - reserves(worker)`` is its slots in use."""
+        slots = self._workers.get(worker)
+        return slots.held() if slots is not None else 0
 
     def free_slots(self) -> int:
         """Total free capacity over all workers (reserves not counted)."""

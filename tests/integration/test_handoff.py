@@ -39,9 +39,10 @@ def _all_serving(srv: GunicornServer) -> list[int]:
     return sorted(pids)
 
 
-def _busy_in_the_masters_view(stats_file: Path, busy: int) -> None:
-    """Wait for a stats report, written from now on, that counts ``busy`` busy slots."""
-    wait_stats(stats_file, lambda s: s["busy"] == busy)
+def _busy_in_the_masters_view(stats_file: Path, busy: int, reserves: int = 0) -> None:
+    """Wait for a stats report, written from now on, that counts ``busy`` slots in use and
+    ``reserves`` reserves held."""
+    wait_stats(stats_file, lambda s: s["busy"] == busy and s["reserves"] == reserves)
 
 
 def _two_idle_workers(make_server: Any, tmp_path: Path) -> tuple[GunicornServer, Path, list[int]]:
@@ -165,10 +166,11 @@ def test_reserve_of_a_killed_worker_is_served_by_its_replacement(
     with ThreadPoolExecutor(3) as pool:
         doomed, busy = _occupy_both_workers(srv, pool, stats_file, 8, 8)
         reserve = pool.submit(lambda: srv.get("/pid", timeout=30))
-        _busy_in_the_masters_view(stats_file, 3)  # the reserve sits in a worker's inbox
+        # Both slots in use; the reserve sits in a worker's inbox.
+        _busy_in_the_masters_view(stats_file, 2, reserves=1)
         # The reserve went to the worker picked longest ago: the one serving `doomed`.
-        by_worker = json.loads(stats_file.read_text())["busy_by_worker"]
-        holder = next(int(pid) for pid, n in by_worker.items() if n == 2)
+        by_worker = json.loads(stats_file.read_text())["reserves_by_worker"]
+        holder = next(int(pid) for pid, n in by_worker.items() if n == 1)
         os.kill(holder, signal.SIGKILL)
         started = time.monotonic()
         served_by = int(reserve.result(timeout=30).text)

@@ -1,4 +1,5 @@
-"""The master's live numbers: statsd metrics, the stats file, the debug log."""
+"""The master's live numbers: statsd metrics, the stats file, the debug log (one line at most
+per report, none while nothing changes)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.server import GunicornServer
-from tests.support.stats import wait_stats
+from tests.support.stats import SETTLED_KEYS, wait_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.ours_only]
 
@@ -25,7 +26,7 @@ def test_statsd_receives_the_dispatchers_metrics(make_server) -> None:
         names: dict[str, str] = {}
         deadline = time.monotonic() + 10
         wanted = {"fdpass.queued", "fdpass.parked", "fdpass.waiting_for_head", "fdpass.busy",
-                  "fdpass.workers", "fdpass.dispatched", "fdpass.accepted",
+                  "fdpass.reserves", "fdpass.workers", "fdpass.dispatched", "fdpass.accepted",
                   "fdpass.queue_wait_max_ms"}
         def per_worker() -> bool:
             return any(n.startswith("fdpass.worker.") and n.endswith(".busy") for n in names)
@@ -55,10 +56,25 @@ def test_stats_file_has_the_live_numbers(make_server, tmp_path: Path) -> None:
     assert stats["workers"] == 2
     assert stats["accepted"] >= 10
     assert set(map(int, stats["busy_by_worker"])) == set(srv.worker_pids())
+    assert set(map(int, stats["reserves_by_worker"])) == set(srv.worker_pids())
+    assert stats["reserves"] == 0
 
 
-def test_debug_log_shows_the_numbers(make_server) -> None:
-    srv: GunicornServer = make_server(workers=1, log_level="debug")
+def test_debug_log_has_one_line_of_numbers_and_none_while_idle(
+        make_server, tmp_path: Path) -> None:
+    path = tmp_path / "stats.json"
+    srv: GunicornServer = make_server(workers=1, log_level="debug",
+                                      env={"FDPASS_STATS_FILE": str(path)})
     assert srv.get("/pid").status == 200
-    srv.wait_for_log(r"fdpass\.queued 0", timeout=5)
-    srv.wait_for_log(r"fdpass\.dispatched \+\d+", timeout=5)
+    # Gauges and the counters that moved share one line.
+    srv.wait_for_log(r"fdpass queued=0 parked=\d+ waiting_for_head=0 busy=\d+ reserves=0 "
+                     r"workers=1 .*dispatched\+\d+", timeout=5)
+    assert "fdpass.queued" not in srv.log_text()  # no line per number any more
+
+    idle = wait_stats(path, lambda s: s["dispatched"] >= 1
+                      and all(s[k] == 0 for k in SETTLED_KEYS), after=0)
+    # The line of the idle report is written before its stats file. Three more reports of
+    # the same numbers follow: not one more line.
+    mark = srv.log_size()
+    wait_stats(path, lambda s: s["time"] >= idle["time"] + 2.5, after=0)
+    assert "fdpass queued=" not in srv.log_text()[mark:]

@@ -1,4 +1,5 @@
-"""The dispatcher driven in-process: real sockets, a fake worker on the other channel end."""
+"""The dispatcher driven in-process: real sockets, a fake worker on the other channel end,
+a fake clock (time moves only when a test says so), and epoll waits of 0."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 
 from gunicorn_fdpass.link import messages as protocol
 from gunicorn_fdpass.link.channel import Channel, Received
-from gunicorn_fdpass.master import dispatcher as dispatcher_module
-from gunicorn_fdpass.master.dispatcher import MAX_PEEK, MAX_REFUSALS, Dispatcher, DispatchSettings
+from gunicorn_fdpass.master.dispatcher import Dispatcher, DispatchSettings
+from gunicorn_fdpass.master.handoff import MAX_REFUSALS, RESERVE_PATIENCE
+from gunicorn_fdpass.master.intake import MAX_PEEK
 
 log = logging.getLogger("test-dispatcher")
 
@@ -29,6 +31,19 @@ def assert_full_head(answer: bytes) -> None:
     assert b"\r\nDate: " in head and b"\r\nConnection: close" in head
 
 
+class FakeClock:
+    """Monotonic seconds that move only when :meth:`advance` says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class Rig:
     def __init__(self, keepalive: float = 5.0, max_queue: int = 100, **settings: Any) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
@@ -37,9 +52,11 @@ class Rig:
                                   "head_timeout": 5.0, "max_connections": 1000,
                                   "server_software": "test-server"}
         values.update(settings)
-        self.dispatcher = Dispatcher(log, DispatchSettings(**values))
+        self.clock = FakeClock()
+        self.dispatcher = Dispatcher(log, DispatchSettings(**values), clock=self.clock)
         self.dispatcher.set_listeners([self.listener])
         self.clients: list[socket.socket] = []
+        self.pids = 4242
 
     def worker(self, capacity: int = 1) -> FakeWorker:
         """A worker's ends as the child has them after the simulated fork."""
@@ -48,7 +65,8 @@ class Rig:
         # copy of the inbox end.
         worker = FakeWorker(_dup(ends.channel), _dup(ends.inbox))
         self.dispatcher.after_fork_in_parent()
-        worker.send(protocol.Hello(capacity, 4242 + len(self.dispatcher._links)))
+        self.pids += 1
+        worker.send(protocol.Hello(capacity, self.pids))
         self.spin()
         return worker
 
@@ -60,8 +78,15 @@ class Rig:
         return client
 
     def spin(self, rounds: int = 5) -> None:
+        """Run rounds of the loop without waiting; check every connection after each."""
         for _ in range(rounds):
-            self.dispatcher.poll(0.02)
+            self.dispatcher.poll(0)
+            self.dispatcher.audit()
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on, then let the dispatcher see it."""
+        self.clock.advance(seconds)
+        self.spin(1)
 
     def close(self) -> None:
         self.dispatcher.close()
@@ -195,8 +220,11 @@ def test_unread_reserve_moves_to_a_worker_that_becomes_free(rig: Rig) -> None:
     rig.spin()
     on_a, on_b = recv_until(a, rig), recv_until(b, rig)
     # Every slot is busy: the third is somebody's reserve. Find whose, leave it unread.
-    busy = rig.dispatcher.busy_by_worker()
-    assert sorted(busy.values()) == [1, 2]
+    # Slots in use and reserves are counted apart: 2 workers x 1 slot, plus one reserve.
+    assert sorted(rig.dispatcher.busy_by_worker().values()) == [1, 1]
+    assert sorted(rig.dispatcher.reserves_by_worker().values()) == [0, 1]
+    counts = rig.dispatcher.counts()
+    assert (counts["busy"], counts["reserves"]) == (2, 1)
     holder, other, other_got = (a, b, on_b) if len(a_unread := _peek_inbox(a)) else (b, a, on_a)
     assert a_unread or _peek_inbox(b)
     _serve(other, other_got)  # the other worker is free first, the queue is empty
@@ -302,18 +330,19 @@ def test_parked_connection_closes_when_client_hangs_up(rig: Rig) -> None:
 
 
 def test_idle_parked_connection_expires_after_keepalive() -> None:
-    rig = Rig(keepalive=0.2)
+    rig = Rig(keepalive=0.25)
     try:
         w = rig.worker(capacity=1)
         client = rig.connect()
         take_and_park(w, rig)
-        start = time.monotonic()
+        rig.spin()
+        rig.advance(0.24)
+        assert rig.dispatcher.counts()["parked"] == 1  # not yet
+        rig.advance(0.02)
+        assert rig.dispatcher.counts()["parked"] == 0
         client.settimeout(3)
-        while rig.dispatcher.counts()["parked"] or time.monotonic() - start < 0.1:
-            rig.spin(1)
-            assert time.monotonic() - start < 2
         assert client.recv(1) == b""
-        assert time.monotonic() - start >= 0.2
+        assert rig.dispatcher.stats["timed_out"] == 0  # an idle one just closes
     finally:
         rig.close()
 
@@ -356,7 +385,7 @@ def test_connection_reaches_a_worker_only_once_its_head_is_complete(rig: Rig) ->
 
 
 def test_silent_connection_is_closed_and_partial_head_gets_408() -> None:
-    rig = Rig(head_timeout=0.3)
+    rig = Rig(head_timeout=0.25)
     try:
         w = rig.worker(capacity=1)
         silent = rig.connect(send=b"")
@@ -364,10 +393,10 @@ def test_silent_connection_is_closed_and_partial_head_gets_408() -> None:
         for c in (silent, partial):
             c.settimeout(3)
         rig.spin()
-        assert rig.dispatcher.counts()["waiting_for_head"] == 2
-        deadline = time.monotonic() + 3
-        while rig.dispatcher.counts()["waiting_for_head"] and time.monotonic() < deadline:
-            rig.spin(1)
+        rig.advance(0.24)
+        assert rig.dispatcher.counts()["waiting_for_head"] == 2  # not yet
+        rig.advance(0.02)
+        assert rig.dispatcher.counts()["waiting_for_head"] == 0
         assert silent.recv(100) == b""
         answer = partial.recv(1000)
         assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
@@ -419,15 +448,18 @@ def test_shedding_by_queue_length_answers_503_at_once() -> None:
 
 
 def test_shedding_by_wait_time() -> None:
-    rig = Rig(shed_wait=0.2)
+    rig = Rig(shed_wait=0.25)
     try:
         client = rig.connect()
         client.settimeout(3)
-        start = time.monotonic()
-        while not rig.dispatcher.stats["shed"] and time.monotonic() - start < 3:
-            rig.spin(1)
+        rig.spin()
+        rig.advance(0.24)
+        assert rig.dispatcher.stats["shed"] == 0  # not yet
+        assert rig.dispatcher.counts()["queued"] == 1
+        rig.advance(0.02)
+        assert rig.dispatcher.stats["shed"] == 1
+        assert rig.dispatcher.counts()["queued"] == 0
         assert client.recv(100).startswith(b"HTTP/1.1 503 ")
-        assert time.monotonic() - start >= 0.2
     finally:
         rig.close()
 
@@ -485,7 +517,7 @@ def test_peek_buffer_is_bounded_whatever_the_request_limits() -> None:
     """Unlimited request limits (a head bound of hundreds of MB) cost the master 1 MiB."""
     rig = Rig(max_head=300 * 1024 * 1024)
     try:
-        assert len(rig.dispatcher._peek_buf) == MAX_PEEK + 1
+        assert rig.dispatcher._intake.peek_buffer_size == MAX_PEEK + 1
         w = rig.worker(capacity=1)
         rig.connect()  # an ordinary request still goes through
         got = recv_until(w, rig)
@@ -495,18 +527,23 @@ def test_peek_buffer_is_bounded_whatever_the_request_limits() -> None:
         rig.close()
 
 
-def test_reserve_older_than_the_patience_goes_before_the_queue(
-        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dispatcher_module, "RESERVE_PATIENCE", 0.0)
+def _two_workers_with_reserves_and_one_queued(rig: Rig) -> tuple[FakeWorker, FakeWorker]:
     a = rig.worker(capacity=1)
     b = rig.worker(capacity=1)
     for _ in range(5):
         rig.connect()
         rig.spin(2)
     # Each worker holds one connection to serve and one reserve; the fifth is queued.
-    assert rig.dispatcher.counts()["queued"] == 1
+    counts = rig.dispatcher.counts()
+    assert (counts["busy"], counts["reserves"], counts["queued"]) == (2, 2, 1)
+    return a, b
+
+
+def test_reserve_older_than_the_patience_goes_before_the_queue(rig: Rig) -> None:
+    a, b = _two_workers_with_reserves_and_one_queued(rig)
     first_of_a = recv_until(a, rig)
     reserve_of_a = protocol.decode(_peek_inbox(a)).conn_id  # type: ignore[union-attr]
+    rig.advance(1.5 * RESERVE_PATIENCE)  # not exactly: float sums may fall just short
     # b serves both of its connections and becomes free while one is still queued: a's
     # reserve (older than the patience) is taken back and goes to b before the queue.
     _serve(b, recv_until(b, rig))
@@ -514,9 +551,50 @@ def test_reserve_older_than_the_patience_goes_before_the_queue(
     moved = recv_until(b, rig)
     assert isinstance(moved.message, protocol.Handoff)
     assert moved.message.conn_id == reserve_of_a
+    assert rig.dispatcher.stats["requeued"] == 1
     _serve(b, moved)
     _serve(a, first_of_a)
     last = recv_until(a, rig)  # the queued one became a's new reserve meanwhile
     assert isinstance(last.message, protocol.Handoff)
     assert last.message.conn_id not in (reserve_of_a, first_of_a.message.conn_id)  # type: ignore[union-attr]
     _serve(a, last)
+
+
+def test_reserve_younger_than_the_patience_stays_while_others_are_queued(rig: Rig) -> None:
+    a, b = _two_workers_with_reserves_and_one_queued(rig)
+    first_of_a = recv_until(a, rig)
+    reserve_of_a = protocol.decode(_peek_inbox(a)).conn_id  # type: ignore[union-attr]
+    rig.advance(RESERVE_PATIENCE / 2)
+    _serve(b, recv_until(b, rig))
+    _serve(b, recv_until(b, rig))
+    # b is free, but a's reserve has not waited long enough: the queued one goes to b.
+    queued = recv_until(b, rig)
+    assert isinstance(queued.message, protocol.Handoff)
+    assert queued.message.conn_id != reserve_of_a
+    assert protocol.decode(_peek_inbox(a)).conn_id == reserve_of_a  # type: ignore[union-attr]
+    assert rig.dispatcher.stats["requeued"] == 0
+    rig.advance(RESERVE_PATIENCE)  # every slot is busy again: nowhere to move it
+    assert rig.dispatcher.stats["requeued"] == 0
+    for w, got in ((b, queued), (a, first_of_a)):
+        _serve(w, got)
+    _serve(a, recv_until(a, rig))
+
+
+def test_the_waiting_board_counts_queued_work_and_reserves_after_every_round(rig: Rig) -> None:
+    w = rig.worker(capacity=1)
+    board = rig.dispatcher.board
+    assert board.waiting() == 0
+    for _ in range(3):
+        rig.connect()
+    rig.spin()
+    counts = rig.dispatcher.counts()
+    assert (counts["busy"], counts["reserves"], counts["queued"]) == (1, 1, 1)
+    assert board.waiting() == 2  # a worker about to go on with its connection must not
+    first = recv_until(w, rig)
+    _serve(w, first)
+    rig.spin()
+    assert board.waiting() == 1  # the reserve is being served; the queued one is the reserve
+    for _ in range(2):
+        _serve(w, recv_until(w, rig))
+    rig.spin()
+    assert board.waiting() == 0

@@ -20,7 +20,7 @@ from .wait import poll
 Stats = dict[str, Any]
 
 #: Counts that are all 0 when the master holds no connection and no worker is busy.
-SETTLED_KEYS = ("queued", "parked", "waiting_for_head", "busy")
+SETTLED_KEYS = ("queued", "parked", "waiting_for_head", "busy", "reserves")
 
 
 def read_stats(path: str | os.PathLike[str]) -> Stats | None:

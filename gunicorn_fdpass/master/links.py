@@ -1,0 +1,225 @@
+"""The master's links to its workers: channels, their messages, and taking handoffs back.
+
+Each worker has two socketpairs made before its fork: a two-way channel (``Hello``,
+``Taken``, ``Done``, ``Park``, ``Refused``, ``Draining`` from the worker; ``Closing`` from
+the master) and an inbox its handoffs travel in. The master keeps the inbox's receiving end
+open too: a handoff still unread there can be taken back (the kernel gives each datagram to
+exactly one reader, so the worker and the master never both get it). That is how a reserve
+moves to a worker that became free first, and how a draining or dead worker's unread handoffs
+return to the queue.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import PeerGone, ProtocolError
+from ..link import messages
+from ..link.board import WaitingBoard
+from ..link.channel import Channel, Received, socket_from_fd
+from .handoff import RESERVE, Handoff
+from .loop import EventLoop
+from .scheduler import Scheduler
+from .states import ClientConnection
+from .table import ConnectionTable
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEnds:
+    """What a worker keeps of its links to the master: the two-way ``channel`` and the
+    ``inbox`` its handoffs arrive in, and the ``board`` that says whether work waits."""
+
+    channel: Channel
+    inbox: Channel
+    #: How much work waits for a worker (shared by the master and every worker).
+    board: WaitingBoard
+
+
+class WorkerLink:
+    """The master's side of one worker: its channel, its inbox (both ends: ``handoffs`` to
+    send, ``unread`` to take back what the worker has not read yet) and the handoffs it has
+    not confirmed (``untaken``, written only by the
+    :class:`~gunicorn_fdpass.master.table.ConnectionTable`)."""
+
+    __slots__ = ("channel", "handoffs", "pid", "unread", "untaken")
+
+    def __init__(self, channel: Channel, handoffs: Channel, unread: Channel) -> None:
+        self.channel = channel
+        self.handoffs = handoffs
+        self.unread = unread
+        self.pid = 0
+        self.untaken: dict[int, ClientConnection] = {}
+
+    def close(self) -> None:
+        for channel in (self.channel, self.handoffs, self.unread):
+            channel.close()
+
+    def __repr__(self) -> str:
+        return f"<WorkerLink pid={self.pid or '?'}>"
+
+
+class Links:
+    """Every worker link: made before a fork, watched after it, dropped when its worker goes."""
+
+    __slots__ = ("_board", "_handoff", "_loop", "_pending", "_scheduler", "_stats", "_table",
+                 "all", "log")
+
+    def __init__(self, loop: EventLoop, table: ConnectionTable,
+                 scheduler: Scheduler[WorkerLink], handoff: Handoff, board: WaitingBoard,
+                 log: Any, stats: dict[str, int]) -> None:
+        self._loop = loop
+        self._table = table
+        self._scheduler = scheduler
+        self._handoff = handoff
+        self._board = board
+        self.log = log
+        self._stats = stats
+        #: The live links, in the order their workers were forked.
+        self.all: list[WorkerLink] = []
+        self._pending: list[tuple[WorkerLink, WorkerEnds]] = []
+
+    def open_channel(self) -> WorkerEnds:
+        """Make the channel and inbox of a worker about to be forked; return the worker's ends."""
+        master_end, worker_end = Channel.pair()
+        handoffs, inbox = Channel.pair()
+        master_end.set_blocking(False)
+        handoffs.set_blocking(False)
+        ends = WorkerEnds(worker_end, inbox, self._board)
+        self._pending.append((WorkerLink(master_end, handoffs, inbox), ends))
+        return ends
+
+    def adopt_pending(self, closing: bool) -> None:
+        """After a fork, in the master: close the worker's channel end, keep its inbox end
+        (it is ``link.unread``), watch the master's end. ``closing``: tell it to stop."""
+        pending, self._pending = self._pending, []
+        for link, ends in pending:
+            # The channel end must not stay open here, or the master would never see the
+            # channel hang up when the worker dies.
+            ends.channel.close()
+            self.all.append(link)
+            self._loop.watch(link.channel.fileno(), select.EPOLLIN, self._on_channel, link)
+            if closing:
+                self.tell(link, messages.Closing())
+
+    def close_in_child(self) -> WorkerEnds | None:
+        """In a forked child: close every link fd; return the newest pending worker ends
+        (the child's own, when the child is a worker), or None."""
+        keep = self._pending[-1][1] if self._pending else None
+        for link, ends in self._pending:
+            link.channel.close()
+            link.handoffs.close()  # the inbox end itself is also ``ends.inbox``: see below
+            if ends is not keep:
+                ends.channel.close()
+                ends.inbox.close()
+        self._pending = []
+        self.close()
+        return keep
+
+    def close(self) -> None:
+        """Close every link (their connections must be closed already)."""
+        for link in self.all:
+            link.close()
+        self.all = []
+
+    def tell(self, link: WorkerLink, message: messages.Message) -> None:
+        """Send ``message`` on ``link``'s channel; a worker that is gone is dropped."""
+        try:
+            link.channel.send(message)
+        except PeerGone:
+            self.worker_gone(link)
+
+    def take_back(self, link: WorkerLink) -> int:
+        """Take the handoffs ``link``'s worker has not read out of its inbox; queue them first.
+
+        The master still has its copy of each (in ``untaken``), so the copy that comes back
+        with the message is closed. Returns how many came back.
+        """
+        ids: list[int] = []
+        while not link.unread.closed:
+            try:
+                received = link.unread.recv()
+            except (PeerGone, ProtocolError):
+                break
+            if received is None:
+                break
+            if received.fd is not None:
+                os.close(received.fd)
+            if isinstance(received.message, messages.Handoff):
+                ids.append(received.message.conn_id)
+        back = self._table.take_back(link, ids)
+        for _ in range(back):
+            self._scheduler.release(link)
+        self._stats["requeued"] += back
+        return back
+
+    def worker_gone(self, link: WorkerLink) -> None:
+        """``link``'s worker died or hung up: what it had not taken goes to the others."""
+        if link.channel.closed:
+            return
+        self._loop.unwatch(link.channel.fileno())
+        # Unread handoffs come out of its inbox (closing the fds in flight there); the ones it
+        # read but never confirmed were not served either: all go to the head of the queue.
+        back = self.take_back(link)
+        link.close()
+        self._scheduler.remove(link)
+        self.all.remove(link)
+        unconfirmed = self._table.take_back(link, list(link.untaken))
+        self._stats["requeued"] += unconfirmed
+        if back or unconfirmed:
+            self.log.info("worker %s left; %d connection(s) it had not taken go to others",
+                          link.pid, back + unconfirmed)
+
+    def _on_channel(self, link: WorkerLink, _: int) -> None:
+        while True:
+            try:
+                received = link.channel.recv()
+            except PeerGone:
+                self.worker_gone(link)
+                return
+            except ProtocolError as exc:
+                self.log.error("worker %s sent a bad message (%s); dropping its channel",
+                               link.pid, exc)
+                self.worker_gone(link)
+                return
+            if received is None:
+                return
+            self._on_message(link, received)
+
+    def _on_message(self, link: WorkerLink, received: Received) -> None:
+        message = received.message
+        # Most frequent first: every connection brings a Taken, then a Done or a Park.
+        if isinstance(message, messages.Taken):
+            self._table.taken(link, message.conn_id)
+        elif isinstance(message, messages.Done):
+            self._scheduler.release(link)
+        elif isinstance(message, messages.Park):
+            self._scheduler.release(link)
+            if received.fd is None:
+                self.log.error("a parked connection from worker %s arrived without its fd "
+                               "(master out of fds?); the client is disconnected", link.pid)
+                return
+            sock = socket_from_fd(received.fd, message.family)
+            self._handoff.park(ClientConnection(message.conn_id, sock, message.leftover))
+        elif isinstance(message, messages.Refused):
+            self._scheduler.release(link)
+            self._handoff.refused(link, message.conn_id)
+        elif isinstance(message, messages.Hello):
+            link.pid = message.pid
+            self._scheduler.add(link, message.capacity,
+                                RESERVE if message.capacity == 1 else 0)
+        elif isinstance(message, messages.Draining):
+            self._scheduler.drain(link)
+            self.take_back(link)  # it will read no more: others serve them now
+        else:
+            self._on_unexpected(link, received)
+
+    def _on_unexpected(self, link: WorkerLink, received: Received) -> None:
+        # Handoff and Closing: only the master sends those.
+        if received.fd is not None:
+            os.close(received.fd)
+        self.log.error("worker %s sent an unexpected %s", link.pid,
+                       type(received.message).__name__)
+

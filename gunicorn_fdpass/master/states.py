@@ -1,0 +1,170 @@
+"""One state per client connection the master holds, and the only transitions allowed.
+
+Every connection the master accepts (or a worker hands back to park) is a
+:class:`ClientConnection` in exactly one :class:`ConnState`. Each change of state is an
+:class:`Event`; :data:`TRANSITIONS` lists every allowed ``(state, event) -> state`` pair, in
+one place. Anything else is a bug in the master: :func:`advance` raises
+:class:`TransitionError` rather than let a connection be in two places (or none).
+
+::
+
+    state             event            next state        what happened
+    NEW               HEAD_PENDING     WAITING_FOR_HEAD  accepted; its head is not all there
+    NEW               HEAD_READY       QUEUED            accepted with its whole head there,
+                                                         or handed back with a whole request
+    NEW               PARKED           PARKED_IDLE       a worker handed it back idle
+    NEW               PARKED_PARTIAL   PARKED_STARTED    ... with part of the next head read
+    WAITING_FOR_HEAD  HEAD_READY       QUEUED            the head arrived
+    PARKED_IDLE       NEXT_HEAD_BEGAN  PARKED_STARTED    the next request's first bytes came
+    PARKED_IDLE       HEAD_READY       QUEUED            the whole next head came at once
+    PARKED_STARTED    HEAD_READY       QUEUED            the rest of the next head arrived
+    QUEUED            SENT             HANDED_OUT        put into a worker's inbox
+    HANDED_OUT        TAKEN_BACK       QUEUED            still unread in the inbox and taken
+                                                         back (a reserve moves, the worker
+                                                         drains or died), or refused by the
+                                                         worker (its fd was lost)
+    HANDED_OUT        TAKEN            CLOSED            the worker confirmed: it owns the
+                                                         connection, the master closes its copy
+    any but CLOSED    DROPPED          CLOSED            hang-up, timeout (408), shed (503),
+                                                         eviction, refused too often, shutdown
+
+While it waits for bytes (WAITING_FOR_HEAD, PARKED_*) a connection is watched by epoll and has
+a timer; QUEUED ones are in the master's FIFO queue; HANDED_OUT ones are in a worker link's
+``untaken`` map (the master keeps its copy until ``Taken``, so a worker that dies first loses
+nothing). :class:`~gunicorn_fdpass.master.table.ConnectionTable` is the one owner that moves
+connections between those places, always together with the state.
+
+Cost: the master's per-connection CPU is the project's bottleneck, so a transition is two
+tuple indexings and one attribute write, and the state lives in a ``__slots__`` attribute.
+"""
+
+from __future__ import annotations
+
+import socket
+from enum import IntEnum
+from typing import Final
+
+from ..errors import FdpassError
+
+
+class ConnState(IntEnum):
+    """Where a connection is in the master (an int: it indexes the transition table)."""
+
+    NEW = 0  # just accepted, or just handed back by a worker: not placed yet
+    WAITING_FOR_HEAD = 1  # watched: its first request head has not fully arrived
+    PARKED_IDLE = 2  # watched: an idle keep-alive connection, nothing of the next request yet
+    PARKED_STARTED = 3  # watched: a keep-alive connection whose next head is under way
+    QUEUED = 4  # in the master's queue, waiting for a worker
+    HANDED_OUT = 5  # sent to a worker, not confirmed yet (maybe still unread in its inbox)
+    CLOSED = 6  # the master holds it no more (closed, answered, or the worker's now)
+
+
+class Event(IntEnum):
+    """What happened to a connection (see the module docstring for the table)."""
+
+    HEAD_PENDING = 0
+    HEAD_READY = 1
+    PARKED = 2
+    PARKED_PARTIAL = 3
+    NEXT_HEAD_BEGAN = 4
+    SENT = 5
+    TAKEN_BACK = 6
+    TAKEN = 7
+    DROPPED = 8
+
+
+_S = ConnState
+_E = Event
+
+#: Every allowed transition: ``(state, event) -> next state``. Nothing else may happen.
+TRANSITIONS: Final[dict[tuple[ConnState, Event], ConnState]] = {
+    (_S.NEW, _E.HEAD_PENDING): _S.WAITING_FOR_HEAD,
+    (_S.NEW, _E.HEAD_READY): _S.QUEUED,
+    (_S.NEW, _E.PARKED): _S.PARKED_IDLE,
+    (_S.NEW, _E.PARKED_PARTIAL): _S.PARKED_STARTED,
+    (_S.NEW, _E.DROPPED): _S.CLOSED,
+    (_S.WAITING_FOR_HEAD, _E.HEAD_READY): _S.QUEUED,
+    (_S.WAITING_FOR_HEAD, _E.DROPPED): _S.CLOSED,
+    (_S.PARKED_IDLE, _E.NEXT_HEAD_BEGAN): _S.PARKED_STARTED,
+    (_S.PARKED_IDLE, _E.HEAD_READY): _S.QUEUED,
+    (_S.PARKED_IDLE, _E.DROPPED): _S.CLOSED,
+    (_S.PARKED_STARTED, _E.HEAD_READY): _S.QUEUED,
+    (_S.PARKED_STARTED, _E.DROPPED): _S.CLOSED,
+    (_S.QUEUED, _E.SENT): _S.HANDED_OUT,
+    (_S.QUEUED, _E.DROPPED): _S.CLOSED,
+    (_S.HANDED_OUT, _E.TAKEN_BACK): _S.QUEUED,
+    (_S.HANDED_OUT, _E.TAKEN): _S.CLOSED,
+    (_S.HANDED_OUT, _E.DROPPED): _S.CLOSED,
+}
+
+#: The table as nested tuples, ``_NEXT[state][event]`` (None: forbidden): indexing a tuple
+#: by an int is cheaper than hashing a pair of enum members on every transition.
+_NEXT: Final[tuple[tuple[ConnState | None, ...], ...]] = tuple(
+    tuple(TRANSITIONS.get((state, event)) for event in Event) for state in ConnState
+)
+
+#: The states in which a connection waits for bytes: watched by epoll, with a timer.
+WATCHED_STATES: Final = frozenset({_S.WAITING_FOR_HEAD, _S.PARKED_IDLE, _S.PARKED_STARTED})
+
+
+class TransitionError(FdpassError):
+    """A connection was asked to make a transition :data:`TRANSITIONS` does not allow: a bug."""
+
+
+class ClientConnection:
+    """The master's record of one client connection while the master holds it."""
+
+    __slots__ = ("conn_id", "prefix", "refusals", "since", "sock", "state")
+
+    def __init__(self, conn_id: int, sock: socket.socket, prefix: bytes = b"") -> None:
+        self.conn_id = conn_id
+        self.sock = sock
+        #: Bytes of the next request a worker already read (handed back with a Park).
+        self.prefix = prefix
+        self.refusals = 0
+        #: When it entered its current timer, the queue, or a worker's inbox.
+        self.since = 0.0
+        self.state = ConnState.NEW
+
+    def has_bytes(self) -> bool:
+        """True if the client sent anything not yet consumed (a request under way)."""
+        if self.prefix:
+            return True
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:
+            return False
+
+    def answer_and_close(self, answer: bytes) -> None:
+        """Answer from the master itself (408, 503) and close, without ever blocking."""
+        sock = self.sock
+        try:
+            # Consume what the client sent: closing with unread bytes would send a reset that
+            # can destroy the answer before the client reads it.
+            while sock.recv(65536, socket.MSG_DONTWAIT):
+                pass
+        except OSError:
+            pass
+        try:
+            sock.send(answer, socket.MSG_DONTWAIT)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sock.close()
+
+    def __repr__(self) -> str:
+        return f"<ClientConnection {self.conn_id} {self.state.name}>"
+
+
+def advance(conn: ClientConnection, event: Event) -> ConnState:
+    """Move ``conn`` on by ``event``; return the state it was in.
+
+    Raises :class:`TransitionError` if :data:`TRANSITIONS` does not allow it.
+    """
+    was = conn.state
+    nxt = _NEXT[was][event]
+    if nxt is None:
+        raise TransitionError(f"connection {conn.conn_id}: {event.name} is not allowed "
+                              f"in state {was.name}")
+    conn.state = nxt
+    return was

@@ -1,0 +1,211 @@
+"""The one owner of the client connections in the master: their state and their place.
+
+Every transition of :mod:`~gunicorn_fdpass.master.states` happens in a method here, together
+with the move between the places that go with the states: epoll and a timer while the
+connection waits for bytes, the queue, a worker link's ``untaken`` map. So a connection's
+state and the container holding it cannot disagree (:meth:`ConnectionTable.audit` checks
+that in tests).
+"""
+
+from __future__ import annotations
+
+import itertools
+import select
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from .loop import EventLoop, Handler
+from .states import WATCHED_STATES, ClientConnection, ConnState, Event, advance
+from .timers import Timeouts
+
+if TYPE_CHECKING:
+    from .links import WorkerLink
+
+_WATCH_EVENTS: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+_QUEUED: Final = ConnState.QUEUED
+_HANDED_OUT: Final = ConnState.HANDED_OUT
+# Module constants: an enum class attribute costs a lookup on every use.
+_HEAD_PENDING: Final = Event.HEAD_PENDING
+_HEAD_READY: Final = Event.HEAD_READY
+_PARKED: Final = Event.PARKED
+_PARKED_PARTIAL: Final = Event.PARKED_PARTIAL
+_NEXT_HEAD_BEGAN: Final = Event.NEXT_HEAD_BEGAN
+_SENT: Final = Event.SENT
+_TAKEN_BACK: Final = Event.TAKEN_BACK
+_TAKEN: Final = Event.TAKEN
+_DROPPED: Final = Event.DROPPED
+
+
+def _no_handler(_: Any, __: int) -> None:
+    raise RuntimeError("ConnectionTable.on_client was never set")
+
+
+class ConnectionTable:
+    """Every client connection the master holds, by state (see the module docstring)."""
+
+    __slots__ = ("_loop", "_timers", "idle", "new", "on_client", "queue", "started",
+                 "watched")
+
+    def __init__(self, loop: EventLoop, head_timeout: float, keepalive: float) -> None:
+        self._loop = loop
+        #: QUEUED, oldest first.
+        self.queue: deque[ClientConnection] = deque()
+        #: fd -> connection, for the watched states (WAITING_FOR_HEAD, PARKED_*).
+        self.watched: dict[int, ClientConnection] = {}
+        self.new = Timeouts(head_timeout)  # WAITING_FOR_HEAD
+        self.idle = Timeouts(keepalive)  # PARKED_IDLE
+        self.started = Timeouts(head_timeout)  # PARKED_STARTED
+        # The timer of each state, indexed by the state (None: not watched).
+        self._timers: tuple[Timeouts | None, ...] = tuple(
+            {ConnState.WAITING_FOR_HEAD: self.new, ConnState.PARKED_IDLE: self.idle,
+             ConnState.PARKED_STARTED: self.started}.get(state) for state in ConnState)
+        #: Called with (connection, epoll mask) when a watched connection has an event.
+        self.on_client: Handler = _no_handler
+
+    def set_timeouts(self, head_timeout: float, keepalive: float) -> None:
+        """New settings: applies to running timers too."""
+        self.new.timeout = self.started.timeout = head_timeout
+        self.idle.timeout = keepalive
+
+    # -- into a watched state --------------------------------------------------------------
+
+    def wait_for_head(self, conn: ClientConnection, now: float) -> None:
+        """NEW -> WAITING_FOR_HEAD: accepted, its head has not all arrived."""
+        advance(conn, _HEAD_PENDING)
+        self._watch(conn, self.new, now)
+
+    def park(self, conn: ClientConnection, now: float) -> None:
+        """NEW -> PARKED_IDLE, or PARKED_STARTED if it holds part of the next head."""
+        if conn.prefix:
+            advance(conn, _PARKED_PARTIAL)
+            self._watch(conn, self.started, now)
+        else:
+            advance(conn, _PARKED)
+            self._watch(conn, self.idle, now)
+
+    def head_began(self, conn: ClientConnection, now: float) -> None:
+        """PARKED_IDLE -> PARKED_STARTED: from now on it has the head timeout to complete."""
+        advance(conn, _NEXT_HEAD_BEGAN)
+        self.idle.remove(conn)
+        self.started.add(conn, now)
+
+    # -- the queue and the workers ---------------------------------------------------------
+
+    def enqueue(self, conn: ClientConnection, now: float) -> None:
+        """NEW / WAITING_FOR_HEAD / PARKED_* -> QUEUED, at the back."""
+        timer = self._timers[advance(conn, _HEAD_READY)]
+        if timer is not None:
+            self._unwatch(conn, timer)
+        conn.since = now
+        self.queue.append(conn)
+
+    def hand_out(self, link: WorkerLink, now: float) -> ClientConnection:
+        """QUEUED -> HANDED_OUT: the head of the queue was sent to ``link``'s worker."""
+        conn = self.queue[0]
+        advance(conn, _SENT)
+        self.queue.popleft()
+        link.untaken[conn.conn_id] = conn
+        conn.since = now  # from now on: how long it waits unread in the inbox
+        return conn
+
+    def taken(self, link: WorkerLink, conn_id: int) -> None:
+        """HANDED_OUT -> CLOSED: the worker holds it now; the master closes its copy."""
+        conn = link.untaken.pop(conn_id, None)
+        if conn is not None:
+            advance(conn, _TAKEN)
+            conn.sock.close()
+
+    def take_back(self, link: WorkerLink, conn_ids: Iterable[int]) -> int:
+        """HANDED_OUT -> QUEUED for those of ``conn_ids`` that ``link`` has not taken.
+
+        They go to the head of the queue, in the given order: they are the oldest work.
+        Returns how many there were.
+        """
+        back: list[ClientConnection] = []
+        untaken = link.untaken
+        for conn_id in conn_ids:
+            conn = untaken.pop(conn_id, None)
+            if conn is not None:
+                advance(conn, _TAKEN_BACK)
+                back.append(conn)
+        self.queue.extendleft(reversed(back))
+        return len(back)
+
+    # -- out -------------------------------------------------------------------------------
+
+    def close(self, conn: ClientConnection, answer: bytes | None = None,
+              link: WorkerLink | None = None) -> None:
+        """Any state but CLOSED -> CLOSED: answer ``answer`` (if given) and close.
+
+        ``link`` is the worker holding it, for a HANDED_OUT connection.
+        """
+        was = advance(conn, _DROPPED)
+        timer = self._timers[was]
+        if timer is not None:
+            self._unwatch(conn, timer)
+        elif was is _QUEUED:
+            if self.queue[0] is conn:  # shedding takes the oldest
+                self.queue.popleft()
+            else:
+                self.queue.remove(conn)
+        elif was is _HANDED_OUT:
+            if link is None:
+                raise ValueError("closing a handed-out connection needs its worker link")
+            del link.untaken[conn.conn_id]
+        if answer is None:
+            conn.sock.close()
+        else:
+            conn.answer_and_close(answer)
+
+    def close_all(self, links: Sequence[WorkerLink], *, in_child: bool) -> None:
+        """Close every connection (master shutdown, or a freshly forked child's copies).
+
+        In a child, epoll is left alone: it is shared with the master (see
+        :meth:`~gunicorn_fdpass.master.loop.EventLoop.close_in_child`).
+        """
+        for fd in self.watched:
+            if in_child:
+                self._loop.forget(fd)
+            else:
+                self._loop.unwatch(fd)
+        for conn in itertools.chain(self.queue, self.watched.values(),
+                                    *(link.untaken.values() for link in links)):
+            advance(conn, _DROPPED)
+            conn.sock.close()
+        self.queue.clear()
+        self.watched.clear()
+        for timer in (self.new, self.idle, self.started):
+            timer.clear()
+        for link in links:
+            link.untaken.clear()
+
+    def audit(self, links: Sequence[WorkerLink]) -> None:
+        """Check that every connection is where its state says (for tests; O(n))."""
+        places: list[tuple[str, ClientConnection, set[ConnState]]] = []
+        places += [("queue", c, {_QUEUED}) for c in self.queue]
+        places += [("watched", c, set(WATCHED_STATES)) for c in self.watched.values()]
+        places += [("untaken", c, {_HANDED_OUT}) for link in links
+                   for c in link.untaken.values()]
+        for place, conn, allowed in places:
+            if conn.state not in allowed:
+                raise AssertionError(f"{conn!r} is in {place}")
+        for conn in self.watched.values():
+            timer = self._timers[conn.state]
+            if timer is None or conn not in timer:
+                raise AssertionError(f"{conn!r} is watched without its timer")
+        timed = len(self.new) + len(self.idle) + len(self.started)
+        if timed != len(self.watched):
+            raise AssertionError(f"{timed} timers for {len(self.watched)} watched connections")
+
+    def _watch(self, conn: ClientConnection, timer: Timeouts, now: float) -> None:
+        fd = conn.sock.fileno()
+        self.watched[fd] = conn
+        timer.add(conn, now)
+        self._loop.watch(fd, _WATCH_EVENTS, self.on_client, conn)
+
+    def _unwatch(self, conn: ClientConnection, timer: Timeouts) -> None:
+        fd = conn.sock.fileno()
+        del self.watched[fd]
+        self._loop.unwatch(fd)
+        timer.remove(conn)
