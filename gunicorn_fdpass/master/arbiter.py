@@ -191,8 +191,17 @@ class _MasterLoop:
                 arbiter.SIG_QUEUE.put_nowait(sig)  # Gunicorn's own stop loop reads them
             if any(sig in quick for sig in pending):
                 break
-            self.dispatcher.poll(min(0.1, deadline - time.monotonic()))
+            self._poll(min(0.1, deadline - time.monotonic()))
         self.dispatcher.close()  # what is left is idle: end it before the workers go
+
+    def _poll(self, timeout: float) -> None:
+        """One dispatcher round. An unexpected error in it (a bug) is logged and the master
+        goes on: raised into Gunicorn's loop it would stop the master, and with it every
+        worker and every connection."""
+        try:
+            self.dispatcher.poll(timeout)
+        except Exception:
+            self.arbiter.log.exception("fdpass dispatcher error (a bug: please report it)")
 
     def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
         """Replacement for ``Arbiter.wait_for_signals`` that keeps dispatching meanwhile."""
@@ -204,7 +213,7 @@ class _MasterLoop:
             remaining = deadline - time.monotonic()
             if queued or remaining <= 0:
                 return [sig for sig in queued if sig != wakeup_request]
-            self.dispatcher.poll(min(remaining, REPORT_INTERVAL))
+            self._poll(min(remaining, REPORT_INTERVAL))
 
     def run_for(self, seconds: float) -> None:
         """Keep dispatching for ``seconds`` (stands in for the arbiter's ``time.sleep``)."""
@@ -217,7 +226,7 @@ class _MasterLoop:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            self.dispatcher.poll(remaining)
+            self._poll(remaining)
 
 
 def _drain_queue(sig_queue: queue.SimpleQueue[int]) -> list[int]:

@@ -89,6 +89,7 @@ class Handoff:
         if conn is None:
             return
         conn.refusals += 1
+        conn.refused_by = link
         self._stats["refused"] += 1
         if conn.refusals < MAX_REFUSALS:
             self.log.warning("worker %s could not receive a connection (out of fds?); "
@@ -132,10 +133,10 @@ class Handoff:
             self._move_reserves(now, links, bool(queue))
         stats = self._stats
         while queue:
-            link = scheduler.pick()
+            conn = queue[0]
+            link = scheduler.pick(avoid=conn.refused_by)
             if link is None:
                 break
-            conn = queue[0]
             try:
                 sent = link.handoffs.send(
                     messages.Handoff(conn.conn_id, conn.prefix, conn.sock.family),

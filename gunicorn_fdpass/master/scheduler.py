@@ -86,18 +86,21 @@ class Scheduler(Generic[W]):
         if slots is not None:
             self._count(slots, -1)
 
-    def pick(self) -> W | None:
+    def pick(self, avoid: object = None) -> W | None:
         """Choose a worker for one connection and count it busy; None when all are full.
 
-        A free slot first; only when there is none anywhere, a reserve.
+        A free slot first; only when there is none anywhere, a reserve. ``avoid`` (a worker
+        that could not receive this connection) is chosen only when no other worker can
+        take it, not even as a reserve.
         """
         best: W | None = None
-        best_key: tuple[bool, float, int, int] | None = None
+        best_key: tuple[bool, bool, float, int, int] | None = None
         for worker, slots in self._workers.items():
             if slots.busy >= slots.capacity + slots.reserve:
                 continue
             over = slots.busy >= slots.capacity
-            key = (over, slots.busy / slots.capacity, slots.busy, slots.last_pick)
+            key = (worker is avoid, over, slots.busy / slots.capacity, slots.busy,
+                   slots.last_pick)
             if best_key is None or key < best_key:
                 best, best_key = worker, key
         if best is not None:

@@ -114,7 +114,7 @@ class TransitionError(FdpassError):
 class ClientConnection:
     """The master's record of one client connection while the master holds it."""
 
-    __slots__ = ("conn_id", "prefix", "refusals", "since", "sock", "state")
+    __slots__ = ("conn_id", "prefix", "refusals", "refused_by", "since", "sock", "state")
 
     def __init__(self, conn_id: int, sock: socket.socket, prefix: bytes = b"") -> None:
         self.conn_id = conn_id
@@ -122,6 +122,8 @@ class ClientConnection:
         #: Bytes of the next request a worker already read (handed back with a Park).
         self.prefix = prefix
         self.refusals = 0
+        #: The worker that refused it last (out of fds): the next try goes elsewhere if it can.
+        self.refused_by: object | None = None
         #: When it entered its current timer, the queue, or a worker's inbox.
         self.since = 0.0
         self.state = ConnState.NEW

@@ -134,6 +134,17 @@ def test_draining_worker_with_work_counts_as_overbooked() -> None:
     assert s.reserves_held() == 0  # its request in progress waits for nothing
 
 
+def test_a_worker_to_avoid_is_picked_only_when_no_other_can_take_the_connection() -> None:
+    s = Scheduler[str]()
+    s.add("a", 1, reserve=1)
+    s.add("b", 1, reserve=1)
+    assert s.pick() == "a"
+    assert s.pick(avoid="b") == "a"  # a's reserve rather than b's free slot
+    assert s.pick(avoid="b") == "b"  # nobody else can take it
+    assert s.pick(avoid="b") == "b"  # b's reserve
+    assert s.pick(avoid="b") is None
+
+
 def test_negative_reserve_is_refused() -> None:
     with pytest.raises(ValueError):
         Scheduler[str]().add("a", 1, reserve=-1)
