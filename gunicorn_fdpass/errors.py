@@ -1,7 +1,14 @@
-"""The project's own errors.
+"""The project's own errors: every error this package raises on purpose derives from
+:class:`FdpassError`.
 
-The channel module translates OS errors into these once, so the rest of the code reasons about
-*who* ended a conversation (us or the peer) instead of about errno values.
+Defined here: the link's errors (the channel module translates OS errors into these once, so
+the rest of the code reasons about *who* ended a conversation, us or the peer, instead of
+about errno values) and configuration errors. Defined beside the code that raises them:
+``http.request_rules.Rejected`` (a request refused, with its HTTP status),
+``http.response.Abort`` (a response that cannot be completed),
+``worker.transport.ClientGone`` (the client cannot be sent to any more),
+``worker.api.RequestBodyError`` (reading ``wsgi.input`` failed; also an ``OSError``) and
+``master.states.TransitionError`` (a bug in the master's bookkeeping).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ..errors import FdpassError
+
 __all__ = [
     "AddressAllowList",
     "ParsedRequest",
@@ -43,7 +45,7 @@ DEFAULT_SECURE_SCHEME_HEADERS: Final = {
 }
 
 
-class Rejected(Exception):
+class Rejected(FdpassError):
     """The request is refused; ``status_hint`` is the status to answer with."""
 
     def __init__(self, status_hint: int, reason: str) -> None:

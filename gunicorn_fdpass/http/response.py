@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ..errors import FdpassError
 from ..wsgi import ResponseStarter, WriteCallable
 from .keep_alive import After, Facts, Policy, closes
 from .request_rules import ParsedRequest
@@ -55,7 +56,7 @@ class ResponseInfo:
     sent: int = 0  # body bytes sent
 
 
-class Abort(Exception):
+class Abort(FdpassError):
     """The response cannot be completed correctly (already logged): drop the connection."""
 
 

@@ -8,6 +8,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..errors import FdpassError
 from ..http.keep_alive import After
 from ..http.response import ResponseInfo
 
@@ -81,7 +82,7 @@ class Idle:
     leftover: bytes  # bytes already read that belong to the next request
 
 
-class RequestBodyError(OSError):
+class RequestBodyError(OSError, FdpassError):
     """Reading ``wsgi.input`` failed: the client went away, stalled, or sent a malformed body.
 
     It derives from OSError so that applications treating a failed read as an I/O error keep

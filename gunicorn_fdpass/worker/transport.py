@@ -9,6 +9,8 @@ import ssl
 from collections.abc import Callable
 from typing import IO, Final, ParamSpec, TypeVar, cast
 
+from ..errors import FdpassError
+
 __all__ = ["RECV_SIZE", "ClientGone", "Transport"]
 
 RECV_SIZE: Final = 64 * 1024
@@ -20,7 +22,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-class ClientGone(Exception):
+class ClientGone(FdpassError):
     """Sending to the client failed: nothing more can be sent on this connection."""
 
 
