@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 
 from gunicorn_fdpass.errors import ConfigurationError
@@ -40,3 +43,11 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
 def test_configuration_error_is_what_gunicorn_prints_as_a_startup_error() -> None:
     # Gunicorn's runner prints a RuntimeError as "Error: ..." and exits 1.
     assert issubclass(ConfigurationError, RuntimeError)
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/settings.md lists every FDPASS_* variable the code knows."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "settings.md").read_text()
+    missing = [f"FDPASS_{f.name.upper()}" for f in fields(FdpassSettings)
+               if f"`FDPASS_{f.name.upper()}`" not in doc]
+    assert not missing

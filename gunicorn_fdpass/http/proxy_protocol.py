@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import struct
 from dataclasses import dataclass
 from typing import Final
@@ -92,6 +91,10 @@ def parse(data: bytes | bytearray, mode: str, peer_allowed: bool) -> ProxyInfo |
     return NOT_PROXY
 
 
+#: The address syntax each PROXY v1 protocol takes (as strict as inet_pton: no leading zeros).
+_V1_ADDRESS: Final = {"TCP4": ipaddress.IPv4Address, "TCP6": ipaddress.IPv6Address}
+
+
 def _parse_v1(data: bytes | bytearray) -> ProxyInfo | _Need:
     end = data.find(b"\r\n")
     if end < 0:
@@ -102,14 +105,15 @@ def _parse_v1(data: bytes | bytearray) -> ProxyInfo | _Need:
     if len(fields) != 6:
         raise Rejected(400, "invalid PROXY line")
     _, proto, src, dst, sport, dport = fields
-    family = {"TCP4": socket.AF_INET, "TCP6": socket.AF_INET6}.get(proto)
-    if family is None:
+    address = _V1_ADDRESS.get(proto)
+    if address is None:
         raise Rejected(400, "unsupported PROXY protocol")
     try:
-        socket.inet_pton(family, src)
-        socket.inet_pton(family, dst)
+        if "%" in src or "%" in dst:  # an IPv6 scope: no address a proxy can send
+            raise ValueError("scoped address")
+        address(src), address(dst)
         ports = int(sport), int(dport)
-    except (OSError, ValueError):
+    except ValueError:
         raise Rejected(400, "invalid PROXY line") from None
     if not all(0 <= p <= 65535 for p in ports):
         raise Rejected(400, "invalid PROXY port")
