@@ -26,6 +26,9 @@ from typing import Any
 
 ASGI = "asgi"
 WSGI = "wsgi"
+#: What the last line of a failed load says when the code is missing (not broken): a module,
+#: an entry point (``ImportError``) or a distribution (``egg:dist#name``).
+_MISSING = ("ModuleNotFoundError", "ImportError", "No module named", "PackageNotFoundError")
 
 
 def is_asgi(obj: object) -> bool:
@@ -83,7 +86,7 @@ def class_problem(name: str) -> str | None:
     except Exception as exc:
         last = str(exc).strip().rstrip("]").strip().splitlines()
         text = last[-1] if last else type(exc).__name__
-        if "ModuleNotFoundError" in text or "ImportError" in text or "No module" in text:
+        if any(sign in text for sign in _MISSING):
             return f"not installed: {text}"
         return f"cannot be loaded: {text}"
     return None
