@@ -334,11 +334,14 @@ def test_asgi_app_detected_and_compared_side_by_side(
 
 def test_balance_with_other_sizes_and_the_bench_app_by_default(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plot_dir = tmp_path / "png"
     code, _, err, doc = _run(
         capsys, tmp_path, "--asgi", "--classes", "asgi", "-s", "balance",
         "--balance-workers", "3", "--balance-connections", "5", "--balance-burst", "2",
-        "--balance-draws", "1")
+        "--balance-draws", "1", "--plots", str(plot_dir))
     assert code == 0, err
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert sorted(p.name for p in plot_dir.iterdir()) == ["balance.png", "comparison.png"]
     assert doc["app"] == ASGI_BENCH and doc["settings"]["balance_workers"] == 3
     m = by(doc, "balance", "asgi")
     check_balance(m, workers=3, connections=5, draws=1)
@@ -347,3 +350,21 @@ def test_balance_with_other_sizes_and_the_bench_app_by_default(
     assert metrics[:3] == ["Jain's index of worker CPU", "worst draw's Jain's index",
                            "busiest worker's CPU share"]
     assert "p99 latency" in metrics
+
+
+def test_plots_use_the_median_draw_and_leave_skipped_classes_out() -> None:
+    from gunicorn_fdpass.bench import plots
+
+    draws = [{"jain_cpu": 0.9, "per_worker_cpu_ticks": {"1": 9}},
+             {"jain_cpu": None, "per_worker_cpu_ticks": {}},
+             {"jain_cpu": 0.5, "per_worker_cpu_ticks": {"1": 5}},
+             {"jain_cpu": 0.7, "per_worker_cpu_ticks": {"1": 7}}]
+    assert plots._median_draw_cpu({"draws": draws}) == ({"1": 7}, 0.7)
+    assert plots._median_draw_cpu({"draws": []}) == (None, None)
+    doc = {"workers": [{"label": "asgi"}, {"label": "fdpass"}], "results": [
+        {"scenario": "balance", "round": 1, "worker": "asgi", "error": None,
+         "skipped": None, "metrics": {"jain_cpu": 0.6}},
+        {"scenario": "balance", "round": 1, "worker": "fdpass", "error": None,
+         "skipped": "not installed: x", "metrics": {}}]}
+    picked = plots._median_rounds(doc, "balance", lambda m: m.get("jain_cpu"))
+    assert [r["worker"] for r in picked] == ["asgi"]
