@@ -35,7 +35,6 @@ __all__ = ["DEFAULT_APP", "SCENARIOS", "SCHEMA", "RunResult", "build_parser", "m
            "resolve_app", "run", "table_rows"]
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs)."""
     p = argparse.ArgumentParser(
@@ -236,9 +235,6 @@ def failure_summary(doc: dict[str, Any]) -> list[str]:
         expected = doc["settings"].get("expect_status") or str(expect.SUCCESS)
         lines.append("hint: " + expect.hint(user_paths, expect.StatusSet.parse(expected)))
     return lines
-
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
