@@ -11,7 +11,7 @@ Routes:
 Both work under every worker class (plain ``time.sleep``, a plain loop).
 
 Every response carries ``X-Worker-Pid`` (the serving process), which the fairness scenario
-counts.
+counts. :mod:`.asgi_apps` is the same app for ASGI worker classes.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 BODY = b"Hello, World!\n"
+BAD_MS = b"ms must be an integer\n"
 MAX_SLEEP_MS = 60_000
 
 
@@ -30,22 +31,29 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     """WSGI entry point: ``gunicorn_fdpass.bench.apps:app``."""
     path = environ.get("PATH_INFO", "/")
     if path in ("/slow", "/cpu"):
-        query = parse_qs(environ.get("QUERY_STRING", ""))
-        try:
-            ms = int(query.get("ms", ["100"])[0])
-        except ValueError:
-            return _answer(start_response, "400 Bad Request", b"ms must be an integer\n")
-        seconds = min(max(ms, 0), MAX_SLEEP_MS) / 1000.0
+        seconds = parse_seconds(environ.get("QUERY_STRING", ""))
+        if seconds is None:
+            return _answer(start_response, "400 Bad Request", BAD_MS)
         if path == "/slow":
             time.sleep(seconds)
         else:
-            _burn(seconds)
+            burn(seconds)
     elif path != "/":
         return _answer(start_response, "404 Not Found", b"not found\n")
     return _answer(start_response, "200 OK", BODY)
 
 
-def _burn(seconds: float) -> None:
+def parse_seconds(query: str) -> float | None:
+    """The ``ms`` query parameter (default 100) as seconds, clamped to [0, 60 s]; None if it
+    is not an integer."""
+    try:
+        ms = int(parse_qs(query).get("ms", ["100"])[0])
+    except ValueError:
+        return None
+    return min(max(ms, 0), MAX_SLEEP_MS) / 1000.0
+
+
+def burn(seconds: float) -> None:
     """Spin until this thread has used ``seconds`` of CPU time (not wall time: a view that
     computes costs the same CPU however busy the machine is)."""
     end = time.thread_time() + seconds

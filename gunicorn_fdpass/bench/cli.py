@@ -17,60 +17,34 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import affinity, expect, wrk
+from .choose import (
+    DEFAULT_APP,
+    DEFAULT_BASELINE,
+    DEFAULT_CLASSES,
+    choose,
+    resolve_app,
+    skip_summary,
+)
+from .measure import ASGI, ASGI_BENCH_APP, BENCH_APPS, WSGI
 from .report import SCHEMA, RunResult, report, rows_from_report, table_rows
 from .runner import Plan, execute
-from .scenarios import QUEUEING_PATH, SCENARIO_NAMES, SCENARIOS, Options
-from .servers import WorkerSpec
+from .scenarios import QUEUEING_PATH, SCENARIO_NAMES, SCENARIOS, Options, default_names
 from .stats import format_markdown_table, format_table
 
-__all__ = ["SCENARIOS", "SCHEMA", "RunResult", "build_parser", "main", "run", "table_rows"]
-
-DEFAULT_APP = "examples.hello:app"
-DEFAULT_CLASSES = "sync,gthread,gunicorn_fdpass.Worker"
-#: Used when no app is given and the repository's example is not there.
-NO_APP_MESSAGE = (
-    "no app given, and the default {default} (the repository's example, not part of the "
-    "installed package) is not importable from {base}.\n"
-    "Pass your app as module:callable, e.g.\n"
-    "  python -m gunicorn_fdpass.bench myproject.wsgi:application --chdir /path/to/project\n"
-    "or measure the bench's own app:\n"
-    "  python -m gunicorn_fdpass.bench gunicorn_fdpass.bench.apps:app\n"
-    "or run from a gunicorn-fdpass checkout.")
-
-
-#: Short names for the bundled examples: spec, and a file that must exist for it.
-ALIASES: dict[str, tuple[str, str]] = {
-    "hello": (DEFAULT_APP, "examples/hello.py"),
-    "flask": ("examples.flask_app:app", "examples/flask_app.py"),
-    "django": ("examples.django_project.wsgi:application", "examples/django_project/wsgi.py"),
-}
-
-
-def resolve_app(app: str, chdir: str | None) -> tuple[str, str]:
-    """Map an alias (``hello``, ``flask``, ``django``) to ``(app spec, directory)``.
-
-    The aliases and the default app name the bundled examples and need the repository root
-    as the directory (``--chdir``, or the current one): elsewhere this stops with a message
-    saying what to pass instead. Anything else is returned unchanged.
-    """
-    base = Path(chdir or os.getcwd()).resolve()
-    if app in ALIASES:
-        spec, needed = ALIASES[app]
-        if not (base / needed).exists():
-            raise SystemExit(f"{app}: {needed} not found under {base}; run from the "
-                             "repository root, use --chdir, or give the app as module:callable")
-        return spec, str(base)
-    if app == DEFAULT_APP and not (base / "examples" / "hello.py").exists():
-        raise SystemExit(NO_APP_MESSAGE.format(default=DEFAULT_APP, base=base))
-    return app, str(base)
+__all__ = ["DEFAULT_APP", "SCENARIOS", "SCHEMA", "RunResult", "build_parser", "main",
+           "resolve_app", "run", "table_rows"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs)."""
     p = argparse.ArgumentParser(
         prog="python -m gunicorn_fdpass.bench",
-        description="Compare Gunicorn worker classes (sync, gthread, gunicorn_fdpass.Worker, "
-                    "...) on one WSGI app, side by side on 127.0.0.1, with ratios against sync.",
+        description="Compare Gunicorn worker classes on one app, side by side on 127.0.0.1: "
+                    "a WSGI app under sync, gthread and gunicorn_fdpass.Worker (ratios "
+                    "against sync), an ASGI app under asgi, uvicorn_worker.UvicornWorker, "
+                    "uvicorn_worker.UvicornH11Worker and gunicorn_fdpass.ASGIWorker (ratios "
+                    "against asgi). A class that cannot be imported is skipped: its cells "
+                    "read 'not installed'.",
         epilog="The throughput scenarios (close, keepalive, fairness, handoff) also show the "
                "CPU time of each class's master and workers from /proc: master us per "
                "connection (or per request with keep-alive), worker and total us per request, "
@@ -78,22 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
                "if any scenario failed: a server that did not start, a load generator error, "
                "or responses outside --expect-status; its cells then read 'FAILED: ...' "
                "(e.g. 'FAILED: 7017 x 404 on /') and a summary follows the table on stderr.")
-    p.add_argument("app", nargs="?", default=DEFAULT_APP,
-                   help="WSGI app as module:callable, or hello / flask / django for the bundled "
-                        f"examples (default {DEFAULT_APP})")
+    p.add_argument("app", nargs="?", default=None,
+                   help="WSGI or ASGI app as module:callable, or hello / flask / django for "
+                        f"the bundled examples (default {DEFAULT_APP}; with --asgi "
+                        f"{ASGI_BENCH_APP})")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--asgi", action="store_true",
+                      help="the app is ASGI: compare the ASGI worker classes (found by "
+                           "importing the app when neither --asgi nor --wsgi is given)")
+    kind.add_argument("--wsgi", action="store_true",
+                      help="the app is WSGI: compare the WSGI worker classes")
     p.add_argument("-w", "--workers", type=int, default=2, help="workers per server (2)")
     p.add_argument("--threads", type=int, default=4,
                    help="threads for gthread when not given as gthread@N (4)")
-    p.add_argument("--classes", default=DEFAULT_CLASSES,
-                   help="comma-separated worker classes, NAME or NAME@THREADS "
-                        f"(default {DEFAULT_CLASSES})")
+    p.add_argument("--classes", default=None,
+                   help="comma-separated worker classes, NAME or NAME@THREADS (default "
+                        f"{DEFAULT_CLASSES[WSGI]}; for an ASGI app {DEFAULT_CLASSES[ASGI]})")
     p.add_argument("-k", "--worker-class", action="append", default=[], metavar="SPEC",
                    help="one more worker class to compare, NAME or NAME@THREADS (repeatable), "
                         "e.g. -k gunicorn_fdpass.Worker@4")
-    p.add_argument("--baseline", default="sync",
-                   help="column the ratios are computed against (default sync, else the first)")
-    p.add_argument("-s", "--scenarios", default=",".join(SCENARIO_NAMES),
-                   help=f"comma-separated subset of {','.join(SCENARIO_NAMES)}")
+    p.add_argument("--baseline", default=None,
+                   help=f"column the ratios are computed against (default "
+                        f"{DEFAULT_BASELINE[WSGI]}, for an ASGI app {DEFAULT_BASELINE[ASGI]}; "
+                        "else the first class that runs)")
+    p.add_argument("-s", "--scenarios", default=None,
+                   help=f"comma-separated subset of {','.join(SCENARIO_NAMES)} (default: "
+                        f"{','.join(default_names(WSGI))}; for an ASGI app also balance)")
     p.add_argument("-d", "--duration", type=float, default=3.0,
                    help="seconds of measurement per scenario and worker class (3; wrk rounds "
                         "up to whole seconds)")
@@ -131,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {QUEUEING_PATH}: a 5 ms sleep; /cpu?ms=2 burns 2 ms of CPU)")
     p.add_argument("--queueing-connections", type=int, default=16,
                    help="queueing: keep-alive connections, more than the servers' slots (16)")
+    p.add_argument("--balance-workers", type=int, default=4,
+                   help="balance: workers of its servers (4)")
+    p.add_argument("--balance-path", default="/cpu?ms=1",
+                   help="balance: the bench app's route, CPU-bound (/cpu?ms=1)")
+    p.add_argument("--balance-connections", type=int, default=8,
+                   help="balance: keep-alive connections opened in each draw (8)")
+    p.add_argument("--balance-burst", type=int, default=4,
+                   help="balance: connections opened at once, a burst (4)")
+    p.add_argument("--balance-draws", type=int, default=3,
+                   help="balance: draws of new connections, each lasting --duration (3)")
     p.add_argument("--expect-status", type=_status_set, default=expect.SUCCESS,
                    metavar="LIST",
                    help="statuses of your app that count as success, codes or classes, "
@@ -162,21 +156,6 @@ def _status_set(text: str) -> expect.StatusSet:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _worker_specs(args: argparse.Namespace) -> list[WorkerSpec]:
-    texts = [t for t in args.classes.split(",") if t.strip()] + list(args.worker_class)
-    specs: list[WorkerSpec] = []
-    for text in texts:
-        spec = WorkerSpec.parse(text, default_threads=args.threads)
-        if spec not in specs:
-            specs.append(spec)
-    labels = [s.label for s in specs]
-    if len(set(labels)) != len(labels):
-        raise SystemExit(f"worker classes with the same column name: {labels}")
-    if not specs:
-        raise SystemExit("no worker class to compare")
-    return specs
-
-
 def _options(args: argparse.Namespace) -> Options:
     wrk_path = wrk.available() if args.loadgen != "builtin" else None
     if args.loadgen == "wrk" and wrk_path is None:
@@ -189,12 +168,16 @@ def _options(args: argparse.Namespace) -> Options:
         slow_deadline_s=args.slow_deadline, hol_slow_clients=args.hol_slow_clients or args.workers,
         hol_slow_ms=args.hol_slow_ms, hol_rate=args.hol_rate,
         handoff_connections=args.handoff_connections, expect=args.expect_status,
-        queueing_path=args.queueing_path, queueing_connections=args.queueing_connections)
+        queueing_path=args.queueing_path, queueing_connections=args.queueing_connections,
+        balance_workers=args.balance_workers, balance_path=args.balance_path,
+        balance_connections=args.balance_connections, balance_burst=args.balance_burst,
+        balance_draws=args.balance_draws)
 
 
 def _validate(args: argparse.Namespace) -> None:
     for name in ("workers", "threads", "connections", "slow_clients", "handoff_connections",
-                 "queueing_connections", "repeat"):
+                 "queueing_connections", "repeat", "balance_workers", "balance_connections",
+                 "balance_burst", "balance_draws"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("duration", "slow_deadline", "timeout", "hol_rate"):
@@ -202,14 +185,6 @@ def _validate(args: argparse.Namespace) -> None:
             raise SystemExit(f"--{name.replace('_', '-')} must be positive")
     if args.warmup < 0 or args.rate < 0:
         raise SystemExit("--warmup and --rate must not be negative")
-
-
-def _scenarios(args: argparse.Namespace) -> list[Any]:
-    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCENARIO_NAMES]
-    if unknown or not names:
-        raise SystemExit(f"unknown scenarios {unknown}; choose from {','.join(SCENARIO_NAMES)}")
-    return [s for s in SCENARIOS if s.name in names]
 
 
 def _pinning(args: argparse.Namespace) -> affinity.Pinning | None:
@@ -224,21 +199,15 @@ def _pinning(args: argparse.Namespace) -> affinity.Pinning | None:
 def run(args: argparse.Namespace, progress: TextIO) -> dict[str, Any]:
     """Run the benchmark described by ``args``; return the JSON-ready report."""
     _validate(args)
-    specs = _worker_specs(args)
     options = _options(args)
-    chosen = _scenarios(args)
-    if any(not s.uses_bench_app for s in chosen):
-        app, cwd = resolve_app(args.app, args.chdir)
-    else:  # only the bench's own app runs: the user's app need not be importable here
-        app, cwd = args.app, str(Path(args.chdir or os.getcwd()).resolve())
     pinning = _pinning(args)
-    baseline = args.baseline if args.baseline in [s.label for s in specs] else specs[0].label
+    c = choose(args, progress)
     started = datetime.datetime.now(datetime.timezone.utc)
-    plan = Plan(app, cwd, specs, chosen, options, args.workers, args.repeat,
-                list(args.gunicorn_arg), pinning)
+    plan = Plan(c.app, c.cwd, c.specs, c.scenarios, options, args.workers, args.repeat,
+                list(args.gunicorn_arg), pinning, BENCH_APPS[c.kind], c.skipped)
     results = execute(plan, progress)
-    return report(args, app, specs, baseline, chosen, results, options, started,
-                  None if pinning is None else pinning.as_dict())
+    return report(args, c.app, c.specs, c.baseline, c.scenarios, results, options, started,
+                  None if pinning is None else pinning.as_dict(), c.kind)
 
 
 def failure_summary(doc: dict[str, Any]) -> list[str]:
@@ -266,9 +235,6 @@ def failure_summary(doc: dict[str, Any]) -> list[str]:
         expected = doc["settings"].get("expect_status") or str(expect.SUCCESS)
         lines.append("hint: " + expect.hint(user_paths, expect.StatusSet.parse(expected)))
     return lines
-
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -302,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for path in written:
                 progress.write(f"wrote {path}\n")
+    for line in skip_summary(doc.get("skipped") or []):
+        progress.write(line + "\n")
     summary = failure_summary(doc)
     for line in summary:
         progress.write(line + "\n")

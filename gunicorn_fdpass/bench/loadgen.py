@@ -3,7 +3,8 @@
 Two modes:
 
 - **closed loop** (:func:`closed_loop`): ``connections`` clients, each sending its next request
-  as soon as the previous answer arrived (what wrk does). Throughput is what the server can
+  as soon as the previous answer arrived (what wrk does); :func:`burst_loop` opens their
+  connections a few at a time. Throughput is what the server can
   take; latency is only measured for requests actually sent, so a stalled server hides its
   stall ("coordinated omission").
 - **open loop** (:func:`open_loop`): requests are due at a fixed rate, at ``t0 + i / rate``,
@@ -203,46 +204,92 @@ async def closed_loop(port: int, *, path: str = "/", connections: int = 16,
     waited for (each at most ``timeout_s``) and counted: answered or ``timeout``. A failed
     request costs its client its connection (it reconnects).
     """
-    raw = build_request(path, keep_alive=keep_alive)
-    start = time.perf_counter()
-    deadline = start + duration_s
-    result = LoadResult(duration_s=duration_s, per_connection=[0] * connections)
+    loop = _Loop(port, build_request(path, keep_alive=keep_alive), keep_alive, timeout_s,
+                 finish_in_flight, time.perf_counter() + duration_s,
+                 LoadResult(duration_s=duration_s, per_connection=[0] * connections))
+    tasks = [asyncio.create_task(loop.client(i)) for i in range(connections)]
+    await _run_until(tasks, loop.deadline + (timeout_s + 1.0 if finish_in_flight else 0.0))
+    return loop.result
 
-    async def one_client(index: int) -> None:
+
+async def burst_loop(port: int, *, path: str = "/", connections: int = 8, burst: int = 4,
+                     duration_s: float = 3.0, timeout_s: float = 5.0) -> LoadResult:
+    """Keep-alive clients like :func:`closed_loop`, their connections opened in bursts.
+
+    The first ``burst`` clients connect at the same moment; the next burst starts once each
+    client of the previous one got its first answer (or ``timeout_s`` passed), and so on
+    until ``connections`` are open. Each client then loops on ``GET path`` over its own
+    connection until ``duration_s`` after the first burst. This is how keep-alive traffic
+    reaches a server (browsers and connection pools open a few connections at once and keep
+    them), and what decides where an accepting worker class places each one.
+    """
+    loop = _Loop(port, build_request(path, keep_alive=True), True, timeout_s, False,
+                 time.perf_counter() + duration_s,
+                 LoadResult(duration_s=duration_s, per_connection=[0] * connections))
+    tasks: list[asyncio.Task[None]] = []
+    size = max(1, burst)
+    for first in range(0, connections, size):
+        indices = range(first, min(first + size, connections))
+        answered = [asyncio.Event() for _ in indices]
+        tasks += [asyncio.create_task(loop.client(i, event))
+                  for i, event in zip(indices, answered, strict=True)]
+        waits = [asyncio.create_task(e.wait()) for e in answered]
+        left = min(timeout_s, loop.deadline - time.perf_counter())
+        await asyncio.wait(waits, timeout=max(0.0, left))
+        for w in waits:
+            w.cancel()
+    await _run_until(tasks, loop.deadline)
+    return loop.result
+
+
+@dataclass
+class _Loop:
+    """What the clients of one closed-loop run share."""
+
+    port: int
+    raw: bytes
+    keep_alive: bool
+    timeout_s: float
+    finish_in_flight: bool
+    deadline: float
+    result: LoadResult
+
+    async def client(self, index: int, answered: asyncio.Event | None = None) -> None:
+        """Client ``index``: send, wait for the answer, repeat until the deadline; set
+        ``answered`` at its first answer."""
+        result, deadline = self.result, self.deadline
         client: Client | None = None
         try:
             while True:
                 t0 = time.perf_counter()
-                if finish_in_flight and t0 >= deadline:
+                if self.finish_in_flight and t0 >= deadline:
                     return
                 try:
                     live, response = await asyncio.wait_for(
-                        _exchange(client, port, raw, result), timeout_s)
+                        _exchange(client, self.port, self.raw, result), self.timeout_s)
                 except (OSError, asyncio.TimeoutError, ResponseError) as exc:
                     client = None  # _exchange closed it
-                    if finish_in_flight or time.perf_counter() < deadline:
+                    if self.finish_in_flight or time.perf_counter() < deadline:
                         result.errors[_error_kind(exc)] += 1
                     await asyncio.sleep(0.01)  # do not spin on a refusing server
                     continue
                 client = live
                 t1 = time.perf_counter()
-                if t1 > deadline and not finish_in_flight:
+                if t1 > deadline and not self.finish_in_flight:
                     return
                 result.latencies_s.append(t1 - t0)
                 result.statuses[response.status] += 1
                 result.per_connection[index] += 1
                 if response.worker_pid is not None:
                     result.pids[response.worker_pid] += 1
-                if not (keep_alive and response.keep_alive):
+                if answered is not None:
+                    answered.set()
+                if not (self.keep_alive and response.keep_alive):
                     client.close()
                     client = None
         finally:
             if client is not None:
                 client.close()
-
-    tasks = [asyncio.create_task(one_client(i)) for i in range(connections)]
-    await _run_until(tasks, deadline + (timeout_s + 1.0 if finish_in_flight else 0.0))
-    return result
 
 
 async def open_loop(port: int, *, rate: float, path: str = "/", duration_s: float = 3.0,

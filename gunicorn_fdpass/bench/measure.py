@@ -17,6 +17,11 @@ from .stats import Better, summarize
 
 #: The bench's own app, for the scenarios that need ``/slow`` or ``X-Worker-Pid``.
 BENCH_APP = "gunicorn_fdpass.bench.apps:app"
+#: The same app for ASGI worker classes.
+ASGI_BENCH_APP = "gunicorn_fdpass.bench.asgi_apps:app"
+#: The app kinds: a WSGI app runs under WSGI worker classes, an ASGI app under ASGI ones.
+WSGI, ASGI = "wsgi", "asgi"
+BENCH_APPS = {WSGI: BENCH_APP, ASGI: ASGI_BENCH_APP}
 #: The queueing scenario's default view: a few milliseconds of waiting.
 QUEUEING_PATH = "/slow?ms=5"
 
@@ -48,6 +53,12 @@ class Options:
     expect: StatusSet = SUCCESS
     queueing_path: str = QUEUEING_PATH
     queueing_connections: int = 16
+    #: balance: its own servers' workers, the route, connections, burst size, draws.
+    balance_workers: int = 4
+    balance_path: str = "/cpu?ms=1"
+    balance_connections: int = 8
+    balance_burst: int = 4
+    balance_draws: int = 3
 
     def use_wrk(self) -> bool:
         """Whether the throughput scenarios run wrk."""
@@ -110,6 +121,14 @@ class Scenario:
     uses_bench_app: bool
     headlines: tuple[Headline, ...]
     run: Callable[[Target, Options], Measurement]
+    #: The app kinds whose runs include it when ``--scenarios`` is not given.
+    default_for: frozenset[str] = frozenset({WSGI, ASGI})
+    #: The worker count its servers need, when not ``--workers`` (balance: 4).
+    workers: Callable[[Options], int] | None = None
+
+    def server_workers(self, options: Options, default: int) -> int:
+        """How many workers the servers of this scenario run."""
+        return default if self.workers is None else self.workers(options)
 
 
 # -- shared helpers -------------------------------------------------------------------------

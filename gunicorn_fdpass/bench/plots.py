@@ -3,7 +3,8 @@
 - ``comparison.png``: one small bar chart per table row, one bar per worker class, each
   labelled with its ratio against the baseline;
 - ``hol_latency.png``: the fast requests' latency percentiles in the head-of-line scenario;
-- ``fairness.png``: each worker's share of the requests in the fairness scenario.
+- ``fairness.png``: each worker's share of the requests in the fairness scenario;
+- ``balance.png``: each worker's share of the CPU time in the balance scenario's median draw.
 
 With several rounds (``--repeat``), the last two show, for each worker class, its median round
 (by fast p99, by Jain's index).
@@ -11,10 +12,14 @@ With several rounds (``--repeat``), the last two show, for each worker class, it
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+#: What a share plot shows of one result: the amount per worker, and its Jain's index.
+Share = tuple[dict[str, Any] | None, float | None]
 
 
 def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
@@ -49,9 +54,11 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
             bars = ax.bar(range(len(labels)), values,
                           color=[colors[i % len(colors)] for i in range(len(labels))])
             failures = row.get("failures") or {}
+            skipped = row.get("skipped") or {}
             for bar, label in zip(bars, labels, strict=True):
                 r = row["ratios"].get(label)
-                text = "FAILED" if label in failures else "-" if r is None else f"{r:.2f}x"
+                text = "FAILED" if label in failures else skipped.get(
+                    label, "-" if r is None else f"{r:.2f}x")
                 ax.annotate(text,
                             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=8)
@@ -84,24 +91,51 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[Path] | None:
         ax.legend()
         save(fig, "hol_latency.png")
 
-    fair = _median_rounds(doc, "fairness", lambda m: m.get("jain"))
-    if fair:
+    shares: tuple[tuple[str, str, Callable[[dict[str, Any]], Share], str, str], ...] = (
+        ("fairness", "jain", lambda m: (m.get("per_worker"), m.get("jain")),
+         "share of requests per worker (%)", "fairness: one block per worker process"),
+        # balance: all draws' requests would hide which worker was busy in each; the median
+        # draw's CPU time shows it.
+        ("balance", "jain_cpu", _median_draw_cpu, "share of worker CPU time (%)",
+         "balance: one block per worker process, median draw"),
+    )
+    for scenario, jain_key, pick, ylabel, title in shares:
+        picked = _median_rounds(doc, scenario, functools.partial(_number, key=jain_key))
+        if not picked:
+            continue
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for n, r in enumerate(fair):
-            counts = list((r["metrics"].get("per_worker") or {}).values())
+        names = []
+        for n, r in enumerate(picked):
+            per_worker, jain = pick(r["metrics"])
+            counts = list((per_worker or {}).values())
             total = sum(counts) or 1
             bottom = 0.0
             for count in counts:
                 share = 100.0 * count / total
                 ax.bar(n, share, bottom=bottom, edgecolor="white")
                 bottom += share
-        ax.set_xticks(range(len(fair)))
-        ax.set_xticklabels([f"{r['worker']}\nJain {r['metrics'].get('jain') or 0:.3f}"
-                            for r in fair])
-        ax.set_ylabel("share of requests per worker (%)")
-        ax.set_title("fairness: one block per worker process" + _rounds_note(doc))
-        save(fig, "fairness.png")
+            names.append(f"{r['worker']}\nJain {jain or 0:.3f}")
+        ax.set_xticks(range(len(picked)))
+        ax.set_xticklabels(names)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title + _rounds_note(doc))
+        save(fig, f"{scenario}.png")
     return written
+
+
+def _number(metrics: dict[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    return None if value is None else float(value)
+
+
+def _median_draw_cpu(metrics: dict[str, Any]) -> Share:
+    """balance: the per-worker CPU ticks and Jain's index of the draw with the median index."""
+    draws = [d for d in metrics.get("draws") or [] if d.get("jain_cpu") is not None]
+    if not draws:
+        return None, None
+    draws.sort(key=lambda d: d["jain_cpu"])
+    middle = draws[(len(draws) - 1) // 2]
+    return middle["per_worker_cpu_ticks"], middle["jain_cpu"]
 
 
 def _median_rounds(doc: dict[str, Any], scenario: str,
@@ -112,7 +146,7 @@ def _median_rounds(doc: dict[str, Any], scenario: str,
     for worker in doc["workers"]:
         rounds = [r for r in doc["results"]
                   if r["scenario"] == scenario and r["worker"] == worker["label"]
-                  and not r["error"]]
+                  and not r["error"] and not r.get("skipped")]
         if rounds:
             rounds.sort(key=lambda r: key(r["metrics"]) or 0.0)
             picked.append(rounds[(len(rounds) - 1) // 2])

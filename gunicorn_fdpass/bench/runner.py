@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from . import affinity, expect, wrk
@@ -29,20 +29,26 @@ class Plan:
     rounds: int = 1
     gunicorn_args: Sequence[str] = ()
     pinning: affinity.Pinning | None = None
+    #: The bench's own app for the scenarios that use it (WSGI or ASGI, like ``app``).
+    bench_app: str = BENCH_APP
+    #: Worker class name -> why it is skipped (``not installed: ...``): no server starts.
+    skipped: Mapping[str, str] = field(default_factory=dict)
 
 
 def execute(plan: Plan, progress: TextIO) -> list[RunResult]:
     """Run every scenario of ``plan`` against every class, the classes taking turns."""
-    # Scenarios grouped by the app they run, so each group needs one server per class.
-    groups: dict[str, list[Scenario]] = {}
+    # Scenarios grouped by the app they run and the workers they need, so each group needs
+    # one server per class.
+    groups: dict[tuple[str, int], list[Scenario]] = {}
     for scenario in plan.scenarios:
-        groups.setdefault(BENCH_APP if scenario.uses_bench_app else plan.app,
-                          []).append(scenario)
+        app = plan.bench_app if scenario.uses_bench_app else plan.app
+        workers = scenario.server_workers(plan.options, plan.workers)
+        groups.setdefault((app, workers), []).append(scenario)
     total = len(plan.scenarios) * len(plan.specs) * plan.rounds
     results: list[RunResult] = []
     with affinity.pinned_self(None if plan.pinning is None else plan.pinning.others):
-        for group_app, scenarios in groups.items():
-            servers = _start_servers(group_app, plan, progress)
+        for (group_app, workers), scenarios in groups.items():
+            servers = _start_servers(group_app, workers, plan, progress)
             try:
                 for scenario in scenarios:
                     # The classes take turns within each round, so that a slow phase of a
@@ -50,7 +56,13 @@ def execute(plan: Plan, progress: TextIO) -> list[RunResult]:
                     for round_no in range(1, plan.rounds + 1):
                         for spec in plan.specs:
                             server = servers.get(spec)
-                            result = _run_one(scenario, spec, server, group_app, plan)
+                            if spec.worker_class in plan.skipped:
+                                result = RunResult(
+                                    scenario.name, spec.label, spec.worker_class, spec.threads,
+                                    group_app, None, 0.0,
+                                    skipped=plan.skipped[spec.worker_class])
+                            else:
+                                result = _run_one(scenario, spec, server, group_app, plan)
                             result.round = round_no
                             if result.error is not None and server is not None:
                                 servers[spec] = _restart(server, progress)
@@ -64,10 +76,13 @@ def execute(plan: Plan, progress: TextIO) -> list[RunResult]:
     return results
 
 
-def _start_servers(app: str, plan: Plan, progress: TextIO) -> dict[WorkerSpec, Server | None]:
+def _start_servers(app: str, workers: int, plan: Plan, progress: TextIO
+                   ) -> dict[WorkerSpec, Server | None]:
     servers: dict[WorkerSpec, Server | None] = {}
     for spec in plan.specs:
-        server = Server(app, spec, plan.workers, extra_args=plan.gunicorn_args, cwd=plan.cwd)
+        if spec.worker_class in plan.skipped:
+            continue
+        server = Server(app, spec, workers, extra_args=plan.gunicorn_args, cwd=plan.cwd)
         try:
             server.start()
         except ServerError as exc:
@@ -141,7 +156,9 @@ def _run_one(scenario: Scenario, spec: WorkerSpec, server: Server | None, app: s
 
 def _progress(out: TextIO, n: int, total: int, result: RunResult, scenario: Scenario,
               rounds: int) -> None:
-    if result.error is not None:
+    if result.skipped is not None:
+        summary = f"skipped: {result.skipped}"
+    elif result.error is not None:
         summary = f"FAILED: {result.error.splitlines()[0][:120]}"
     else:
         parts = []

@@ -13,6 +13,7 @@ import contextlib
 from typing import Any
 
 from . import loadgen
+from .balance import BALANCE
 from .expect import count_expected
 from .measure import (
     BENCH_APP,
@@ -32,7 +33,7 @@ from .measure import (
 from .stats import jain_index, spread
 
 __all__ = ["BENCH_APP", "QUEUEING_PATH", "SCENARIOS", "SCENARIO_NAMES", "Headline",
-           "Measurement", "Options", "Scenario", "Target", "by_name"]
+           "Measurement", "Options", "Scenario", "Target", "by_name", "default_names"]
 
 
 # -- (a) one request per connection, keep-alive --------------------------------------------
@@ -245,9 +246,15 @@ SCENARIOS: tuple[Scenario, ...] = (
         Headline("max latency", "ms", "lower", "latency_ms.max"),
         Headline("requests per connection CV", "", "lower", "per_connection_spread.cv"),
     ), run_queueing),
+    BALANCE,  # in a module of its own; runs on servers of its own size (4 workers)
 )
 
 SCENARIO_NAMES: tuple[str, ...] = tuple(s.name for s in SCENARIOS)
+
+
+def default_names(kind: str) -> tuple[str, ...]:
+    """The scenarios run for an app of ``kind`` (``wsgi`` / ``asgi``) without ``-s``."""
+    return tuple(s.name for s in SCENARIOS if kind in s.default_for)
 
 
 def by_name(name: str) -> Scenario:

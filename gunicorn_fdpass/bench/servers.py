@@ -24,6 +24,11 @@ from pathlib import Path
 _BOOT_RE = re.compile(r"Booting worker with pid: (\d+)")
 
 
+#: Column names of uvicorn's worker classes (``uvicorn_worker.X``, or the older
+#: ``uvicorn.workers.X``).
+_UVICORN_LABELS = {"UvicornWorker": "uvicorn", "UvicornH11Worker": "uvicorn-h11"}
+
+
 class ServerError(RuntimeError):
     """A server did not start or did not answer; the message ends with its log."""
 
@@ -37,12 +42,16 @@ class WorkerSpec:
 
     @property
     def label(self) -> str:
-        """Short column name: ``sync``, ``gthread/4``, ``fdpass``, ``fdpass/4``."""
+        """Short column name: ``sync``, ``gthread/4``, ``fdpass``, ``fdpass/4``, ``uvicorn``,
+        ``uvicorn-h11``; the class name as given otherwise."""
         name = self.worker_class
+        short = name.rsplit(".", 1)[-1]
         if "fdpass" in name.lower():
-            name = "fdpass"
+            name = "fdpass"  # its WSGI and ASGI classes never meet in one run (one app kind)
         elif name.startswith("egg:gunicorn#"):
             name = name.split("#", 1)[1]
+        elif name.startswith("uvicorn") and short in _UVICORN_LABELS:
+            name = _UVICORN_LABELS[short]
         return f"{name}/{self.threads}" if self.threads else name
 
     @classmethod
@@ -58,6 +67,16 @@ class WorkerSpec:
         if name == "gthread" and default_threads:
             return cls(name, default_threads)
         return cls(name, None)
+
+
+def server_env(cwd: str) -> dict[str, str]:
+    """The environment of every process started to serve or inspect the app: this one's,
+    with ``cwd`` first on ``PYTHONPATH`` and no ``GUNICORN_CMD_ARGS`` (which would change
+    every server behind the bench's back)."""
+    env = os.environ.copy()
+    env.pop("GUNICORN_CMD_ARGS", None)
+    env["PYTHONPATH"] = cwd + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
 
 
 class Server:
@@ -110,10 +129,7 @@ class Server:
             listener.listen(2048)
             self.port = listener.getsockname()[1]
             listener.set_inheritable(True)
-            env = os.environ.copy()
-            env.pop("GUNICORN_CMD_ARGS", None)
-            env["PYTHONPATH"] = self.cwd + (os.pathsep + env["PYTHONPATH"]
-                                            if env.get("PYTHONPATH") else "")
+            env = server_env(self.cwd)
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(
                     self.command(listener.fileno()), stdin=subprocess.DEVNULL, stdout=log,

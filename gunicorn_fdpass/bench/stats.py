@@ -110,7 +110,9 @@ class Row:
     ``round_ratios`` hold each worker's ratio against the baseline in every round that both
     completed: the ratio shown is their median, with their range beside it, because ratios
     taken within one round are what stays comparable on a noisy machine. ``failures`` maps
-    the workers whose scenario failed in every round to the failure shown in their cells.
+    the workers whose scenario failed in every round to the failure shown in their cells;
+    ``skipped`` the workers that did not run at all to what their cells say instead
+    (``not installed``).
     """
 
     scenario: str
@@ -120,6 +122,7 @@ class Row:
     values: Mapping[str, float | None]
     round_ratios: Mapping[str, Sequence[float]] | None = None
     failures: Mapping[str, str] | None = None
+    skipped: Mapping[str, str] | None = None
 
     def ratios(self, baseline: str) -> dict[str, float | None]:
         """Each worker's value divided by the baseline worker's value (with rounds: the
@@ -174,7 +177,11 @@ def format_ratio(value: float | None) -> str:
 
 def format_cell(row: Row, label: str, ratio_value: float | None) -> str:
     """``value (ratio)``, or ``value (ratio, low-high)`` when the row has rounds, or
-    ``FAILED: why`` when the worker's scenario failed."""
+    ``FAILED: why`` when the worker's scenario failed, or why it did not run
+    (``not installed``)."""
+    skipped = (row.skipped or {}).get(label)
+    if skipped is not None:
+        return skipped
     failure = (row.failures or {}).get(label)
     if failure is not None:
         return f"FAILED: {failure}"

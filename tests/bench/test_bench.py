@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gunicorn_fdpass.bench import cli, loadgen, stats, wrk
-from gunicorn_fdpass.bench.scenarios import SCENARIO_NAMES, Headline
+from gunicorn_fdpass.bench.scenarios import SCENARIO_NAMES, Headline, default_names
 from gunicorn_fdpass.bench.servers import WorkerSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -163,6 +163,12 @@ def test_worker_spec_parsing() -> None:
     assert spec == WorkerSpec("gunicorn_fdpass.Worker", 4) and spec.label == "fdpass/4"
     assert WorkerSpec.parse("gunicorn_fdpass.Worker").label == "fdpass"
     assert WorkerSpec.parse("egg:gunicorn#sync").label == "sync"
+    assert WorkerSpec.parse("asgi").label == "asgi"
+    assert WorkerSpec.parse("uvicorn_worker.UvicornWorker").label == "uvicorn"
+    assert WorkerSpec.parse("uvicorn_worker.UvicornH11Worker").label == "uvicorn-h11"
+    assert WorkerSpec.parse("uvicorn.workers.UvicornWorker").label == "uvicorn"
+    assert WorkerSpec.parse("gunicorn_fdpass.ASGIWorker").label == "fdpass"
+    assert WorkerSpec.parse("mypkg.workers.Custom").label == "mypkg.workers.Custom"
     for bad in ("@4", "gthread@0", "gthread@x"):
         with pytest.raises(ValueError):
             WorkerSpec.parse(bad)
@@ -354,7 +360,9 @@ def check_report(doc: dict[str, Any], scenarios: list[str], labels: list[str]) -
     assert isinstance(doc["started"], str) and isinstance(doc["app"], str)
     assert doc["bench_app"] == "gunicorn_fdpass.bench.apps:app"
     assert doc["baseline"] == "sync"
-    assert set(doc["machine"]) == {"cpus", "platform", "python", "gunicorn", "wrk"}
+    assert set(doc["machine"]) == {"cpus", "platform", "python", "gunicorn", "wrk", "packages"}
+    assert doc["machine"]["packages"]["gunicorn"] == doc["machine"]["gunicorn"]
+    assert doc["app_kind"] == "wsgi" and doc["skipped"] == []
     assert doc["settings"]["workers"] == 2
     assert [w["label"] for w in doc["workers"]] == labels
     for w in doc["workers"]:
@@ -362,11 +370,11 @@ def check_report(doc: dict[str, Any], scenarios: list[str], labels: list[str]) -
     assert [s["name"] for s in doc["scenarios"]] == scenarios
     assert len(doc["results"]) == len(scenarios) * len(labels)
     keys = {"scenario", "round", "worker", "worker_class", "threads", "app", "loadgen",
-            "elapsed_s", "metrics", "error"}
+            "elapsed_s", "metrics", "error", "skipped"}
     assert doc["settings"]["repeat"] == 1
     for r in doc["results"]:
         assert set(r) == keys and r["round"] == 1
-        assert r["error"] is None, r
+        assert r["error"] is None and r["skipped"] is None, r
         assert r["scenario"] in scenarios and r["worker"] in labels
         assert isinstance(r["metrics"], dict) and r["elapsed_s"] > 0
         m = r["metrics"]
@@ -458,7 +466,8 @@ def test_every_scenario_with_the_builtin_generator(tmp_path: Path) -> None:
            "--json", str(json_path), "--markdown", str(md_path), "--plots", str(plot_dir)]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=100)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    scenarios = list(SCENARIO_NAMES)
+    scenarios = list(default_names("wsgi"))  # all but balance, which ASGI runs add
+    assert scenarios == [n for n in SCENARIO_NAMES if n != "balance"]
     doc = json.loads(json_path.read_text())
     check_report(doc, scenarios, LABELS)
     check_table(proc.stdout, len(doc["table"]), LABELS)
