@@ -56,14 +56,15 @@ class Block:
     text: str
 
     def commands(self) -> list[str]:
-        """Its shell commands: continuation lines joined, blank and comment lines dropped."""
+        """Its shell commands: continuation lines joined, comments and blank lines dropped."""
         out: list[str] = []
         pending = ""
         for raw in self.text.splitlines():
             if raw.rstrip().endswith("\\"):
                 pending += raw.rstrip()[:-1].rstrip() + " "
                 continue
-            line = (pending + raw.strip()).strip()
+            # A trailing comment (bash's: after whitespace) is dropped, as bash drops it.
+            line = re.sub(r"\s+#(\s.*)?$", "", pending + raw.strip()).strip()
             pending = ""
             if line and not line.startswith("#"):
                 out.append(line)
@@ -314,20 +315,14 @@ def copy_source_tree(dest: Path) -> Path:
 
 
 def docs_run_here() -> list[tuple[str, str]]:
-    """(file, command) of every documentation command this script runs."""
-    picked = [("README.md", "sh", ".[examples]"),
-              ("docs/quickstart.md", "sh", "python3 -m venv .venv"),
-              ("README.md", "sh", "pip install ./gunicorn-fdpass"),
-              ("docs/deployment.md", "sh", "python -m build"),
-              ("docs/deployment.md", "dockerfile", "FROM ")]
-    out: list[tuple[str, str]] = []
-    for relpath, lang, contains in picked:
-        block = doc_block(relpath, lang, contains)
-        if lang == "sh":
-            out += [(relpath, c) for c in block.commands()]
-        else:
-            out += [(relpath, c) for c in block.commands() if c.startswith(("RUN ", "CMD "))]
-    return out
+    """(file, command) of every documentation shell command this script runs (besides these,
+    the Dockerfile's ``RUN`` and ``CMD``)."""
+    picked = [("README.md", ".[examples]"),
+              ("docs/quickstart.md", "python3 -m venv .venv"),
+              ("README.md", "pip install ./gunicorn-fdpass"),
+              ("docs/deployment.md", "python -m build")]
+    return [(relpath, command) for relpath, contains in picked
+            for command in doc_block(relpath, "sh", contains).commands()]
 
 
 def smoke_docs(tmp: Path) -> None:
