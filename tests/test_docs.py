@@ -346,3 +346,24 @@ def test_dockerfile_is_well_formed_and_installs_nothing_from_the_index() -> None
     [run] = [line[4:] for line in lines if line.startswith("RUN ")]
     # What it installs is the wheel built above (tests/smoke_package.py runs RUN and CMD).
     assert "wheels/gunicorn_fdpass-" in run and " gunicorn-fdpass" not in run
+
+
+# -- release metadata -----------------------------------------------------------------------
+
+def test_the_version_is_written_once_and_the_changelog_names_it() -> None:
+    import gunicorn_fdpass
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject
+    assert 'version = { attr = "gunicorn_fdpass.__version__" }' in pyproject
+    assert re.search(r"^version\s*=\s*\"", pyproject, re.MULTILINE) is None  # no second copy
+    newest = re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
+    assert newest is not None and newest.group(1) == gunicorn_fdpass.__version__
+
+
+def test_pyproject_has_project_urls() -> None:
+    urls = re.search(r"^\[project\.urls\]\n((?:\w+ = \"https://[^\"]+\"\n)+)",
+                     (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert urls is not None
+    assert {"Homepage", "Changelog"} <= {line.split(" = ")[0] for line in
+                                         urls.group(1).splitlines()}
