@@ -7,9 +7,11 @@ message naming the setting (Gunicorn prints a RuntimeError as ``Error: ...`` and
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from gunicorn import SERVER
+from gunicorn.config import Config
 
 from . import settings as fdpass_settings
 from .errors import ConfigurationError
@@ -19,7 +21,11 @@ from .master.dispatcher import DispatchSettings
 
 
 def validate(cfg: Any) -> None:
-    """Raise :class:`ConfigurationError` for a setting this worker cannot honour."""
+    """Raise :class:`ConfigurationError` for a setting this worker cannot honour.
+
+    ``FDPASS_*`` values given to Gunicorn (``-e NAME=VALUE``, ``raw_env``) count even before
+    Gunicorn has copied them into ``os.environ``, so this can run before anything is bound.
+    """
     if cfg.reuse_port:
         raise ConfigurationError(
             "reuse_port (--reuse-port) cannot be used with gunicorn_fdpass.Worker: with it every "
@@ -28,9 +34,45 @@ def validate(cfg: Any) -> None:
             "reuse_port (the master already spreads load evenly)."
         )
     # Unknown FDPASS_* names (typos) and bad values stop startup here, naming the variable.
-    fdpass_settings.load()
+    fdpass_settings.load({**os.environ, **(getattr(cfg, "env", None) or {})})
     if int(cfg.threads) < 1:
         raise ConfigurationError(f"threads (--threads) must be at least 1, got {cfg.threads}")
+
+
+_CHECKED_AT_LOAD = False
+
+
+def validate_on_load() -> None:
+    """Gunicorn's worker-class ``setup()`` hook: :func:`validate` before anything is bound.
+
+    Gunicorn 27 calls a worker class's ``check_config`` only after it has bound and logged its
+    listeners, but it calls ``setup()`` (no arguments) from ``Config.worker_class`` while the
+    arbiter is being built, inside the same ``RuntimeError`` -> ``Error: ...``, exit 1
+    handling. The ``Config`` being loaded is the caller's ``self``. Only the first load in a
+    process is checked: a reload (HUP) loads the class again, and refusing there would stop a
+    running server (a new master after USR2 is a new process, and is checked).
+    """
+    global _CHECKED_AT_LOAD
+    if _CHECKED_AT_LOAD:
+        return
+    cfg = _loading_config()
+    if cfg is None:
+        return  # loaded some other way: check_config still validates, later
+    _CHECKED_AT_LOAD = True
+    validate(cfg)
+
+
+def _loading_config() -> Any:
+    frame = sys._getframe(1)
+    for _ in range(4):  # validate_on_load <- Worker.setup <- Config.worker_class
+        frame_or_none = frame.f_back
+        if frame_or_none is None:
+            return None
+        frame = frame_or_none
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Config):
+            return candidate
+    return None
 
 
 def _setting(cfg: Any, name: str, default: Any) -> Any:

@@ -4,8 +4,8 @@ Gunicorn builds its command line parser before it imports a worker class, and it
 drops unknown names from config files, so a worker cannot add real Gunicorn settings. The
 environment is the one channel that reaches the master from the shell, from Gunicorn's command
 line (``-e FDPASS_HEAD_TIMEOUT=5``) and from a config file (``raw_env = [...]``) alike. Every
-``FDPASS_*`` variable is checked at startup: an unknown name (a typo) or a bad value stops
-Gunicorn with a message naming it.
+``FDPASS_*`` variable (in any case) is checked at startup: an unknown name (a typo, or a known
+name in the wrong case) or a bad value stops Gunicorn with a message naming it.
 """
 
 from __future__ import annotations
@@ -83,11 +83,13 @@ def load(environ: Mapping[str, str] | None = None) -> FdpassSettings:
     known = {f"{PREFIX}{f.name.upper()}": f.name for f in fields(FdpassSettings)}
     values: dict[str, Any] = {}
     for name, text in env.items():
-        if not name.startswith(PREFIX):
+        # Any case counts as ours: ``fdpass_head_timeout`` is a mistake to point out, not a
+        # variable of someone else's to ignore (environment names are case-sensitive).
+        if not name.upper().startswith(PREFIX):
             continue
         field = known.get(name)
         if field is None:
-            close = difflib.get_close_matches(name, known, n=1)
+            close = difflib.get_close_matches(name.upper(), known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigurationError(
                 f"unknown setting {name}{hint}; gunicorn_fdpass knows: {', '.join(sorted(known))}"

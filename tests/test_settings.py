@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from gunicorn.config import Config
 
 from gunicorn_fdpass.errors import ConfigurationError
 from gunicorn_fdpass.settings import FdpassSettings, load
+from gunicorn_fdpass.worker import Worker
+
+# Imported through the worker, as Gunicorn does (imported first, it meets its import cycle
+# with the worker package).
+gunicorn_settings = importlib.import_module("gunicorn_fdpass.gunicorn_settings")
 
 
 def test_defaults_when_nothing_is_set() -> None:
@@ -51,3 +59,60 @@ def test_every_setting_is_documented() -> None:
     missing = [f"FDPASS_{f.name.upper()}" for f in fields(FdpassSettings)
                if f"`FDPASS_{f.name.upper()}`" not in doc]
     assert not missing
+
+
+def test_a_known_name_in_the_wrong_case_gets_the_right_name_suggested() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown setting fdpass_head_timeout \(did you "
+                                                 r"mean FDPASS_HEAD_TIMEOUT\?\)"):
+        load({"fdpass_head_timeout": "3"})
+
+
+def test_an_unknown_name_in_any_case_is_an_error() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown setting Fdpass_Colour\b"):
+        load({"Fdpass_Colour": "blue"})
+
+
+def test_names_that_only_contain_the_prefix_are_not_ours() -> None:
+    assert load({"MY_FDPASS_X": "1", "FDPASSX": "2"}) == FdpassSettings()
+
+
+# -- validation of Gunicorn's cfg, and the hook that runs it before Gunicorn binds --------
+
+def _config(**values: object) -> Config:
+    cfg = Config()
+    cfg.set("worker_class", "gunicorn_fdpass.Worker")
+    for name, value in values.items():
+        cfg.set(name, value)
+    return cfg
+
+
+@pytest.fixture
+def first_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a fresh gunicorn process, where the worker class has not been loaded yet."""
+    monkeypatch.setattr(gunicorn_settings, "_CHECKED_AT_LOAD", False)
+    for name in [n for n in os.environ if n.upper().startswith("FDPASS_")]:
+        monkeypatch.delenv(name)
+
+
+def test_validate_counts_values_given_to_gunicorn_before_they_reach_the_environment(
+        first_load: None) -> None:
+    gunicorn_settings.validate(_config(raw_env=["FDPASS_HEAD_TIMEOUT=2"]))
+    with pytest.raises(ConfigurationError, match="bad value for FDPASS_HEAD_TIMEOUT"):
+        gunicorn_settings.validate(_config(raw_env=["FDPASS_HEAD_TIMEOUT=soon"]))
+
+
+def test_loading_the_worker_class_validates_the_config_that_loads_it(first_load: None) -> None:
+    with pytest.raises(ConfigurationError, match=r"reuse_port \(--reuse-port\) cannot be used"):
+        _ = _config(reuse_port=True).worker_class  # Gunicorn's Arbiter.setup does this
+
+
+def test_a_reload_loads_the_class_again_without_refusing(first_load: None) -> None:
+    assert _config().worker_class is Worker  # startup: checked, fine
+    # A HUP reload builds a new Config and loads the class again: a bad value there must not
+    # stop the running server from that hook.
+    assert _config(reuse_port=True).worker_class is Worker
+
+
+def test_the_hook_does_nothing_when_not_called_by_gunicorn(first_load: None) -> None:
+    gunicorn_settings.validate_on_load()  # no Config among the callers: nothing to check
+    assert gunicorn_settings._CHECKED_AT_LOAD is False

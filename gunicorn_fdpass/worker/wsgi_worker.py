@@ -27,7 +27,7 @@ from gunicorn.workers import base
 
 from .. import settings as fdpass_settings
 from ..errors import PeerGone
-from ..gunicorn_settings import http_config, validate
+from ..gunicorn_settings import http_config, validate, validate_on_load
 from ..link import messages
 from ..link.channel import Channel, socket_from_fd
 from ..master import arbiter
@@ -45,6 +45,11 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
         """Called by Gunicorn in the master at startup: validate, then hook the master in."""
         validate(cfg)
         arbiter.hook_when_ready(cfg)
+
+    @classmethod
+    def setup(cls) -> None:
+        """Called by Gunicorn as it loads this class, before it binds: refuse bad settings."""
+        validate_on_load()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Runs in the master, right before Gunicorn forks this worker.
