@@ -70,6 +70,7 @@ class HttpCycle:
         self.complete = False  # the response was sent to its end (or the error instead)
         self.failed = False  # the request body failed: the connection ends
         self.aborted = False
+        self.body_delivered = False  # the last http.request message was received
         # The client waits for 100 Continue and nothing asked for the body yet.
         self.continue_due = request.expect_continue and not body.done
         # Done once the response completed or the client went (http.disconnect).
@@ -114,7 +115,7 @@ class HttpCycle:
         response is complete or the client went away) ``http.disconnect``."""
         if self.complete or self.failed or self.conn.gone:
             return dict(_DISCONNECT)
-        if self.body.done:
+        if self.body_delivered:
             # Nothing more to read: what a framework listening for the client going away
             # waits on. The client's EOF counts, as it does for other ASGI servers.
             await self._until_over()
@@ -130,6 +131,7 @@ class HttpCycle:
         data = await self.read_body()
         if data is None:
             return dict(_DISCONNECT)
+        self.body_delivered = self.body.done
         return {"type": "http.request", "body": data, "more_body": not self.body.done}
 
     async def read_body(self) -> bytes | None:

@@ -60,7 +60,8 @@ class Lifespan:
             raise LifespanFailed(answer.get("message") or "lifespan.startup.failed")
         # No answer: the application raised or returned at once.
         if mode == "on":
-            raise LifespanFailed(f"the application did not complete startup ({kind})")
+            raise LifespanFailed("the application did not complete startup "
+                                 f"({answer.get('message', kind)})")
         self.log.info("ASGI lifespan is not supported by the application (%s): going on "
                       "without it", answer.get("message", kind))
         return False
@@ -95,11 +96,10 @@ class Lifespan:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if self.running or not self._answered():
-                # Unsupported (auto mode) is the usual reason before startup: said at info.
-                self._set_answer({"type": "raised", "message": f"{type(exc).__name__}: {exc}"})
-                if self.running:
-                    self.log.exception("ASGI lifespan task failed")
+            if self.running:
+                self.log.exception("ASGI lifespan task failed")
+            # Before startup this usually means "lifespan unsupported" (said at info).
+            self._set_answer({"type": "raised", "message": f"{type(exc).__name__}: {exc}"})
             return
         self._set_answer({"type": "returned", "message": "the lifespan task returned"})
 
@@ -117,9 +117,6 @@ class Lifespan:
                         "lifespan.shutdown.complete", "lifespan.shutdown.failed"):
             raise RuntimeError(f"unexpected ASGI lifespan message {kind!r}")
         self._set_answer(message)
-
-    def _answered(self) -> bool:
-        return self._answer is not None and self._answer.done()
 
     def _set_answer(self, message: Message) -> None:
         if self._answer is not None and not self._answer.done():

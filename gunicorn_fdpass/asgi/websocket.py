@@ -286,7 +286,7 @@ class WebSocketSession:
         elif kind == "websocket.send":
             if self.status != 101:
                 raise RuntimeError("websocket.send before websocket.accept")
-            if self.ws.state is not ConnectionState.OPEN:
+            if self.close_code is not None or self.ws.state is not ConnectionState.OPEN:
                 raise ClientDisconnected("the WebSocket is closed")
             text = message.get("text")
             if text is not None:

@@ -11,7 +11,26 @@
   ``Worker``.
 """
 
-from .asgi_worker import ASGIWorker
-from .wsgi_worker import Worker
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .asgi_worker import ASGIWorker
+    from .wsgi_worker import Worker
 
 __all__ = ["ASGIWorker", "Worker"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazily: gunicorn_fdpass.asgi uses this package's api module, and the ASGI worker
+    # class imports gunicorn_fdpass.asgi; neither class is needed to import the other.
+    if name == "Worker":
+        from .wsgi_worker import Worker
+
+        return Worker
+    if name == "ASGIWorker":
+        from .asgi_worker import ASGIWorker
+
+        return ASGIWorker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
