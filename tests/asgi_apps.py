@@ -15,7 +15,8 @@ Routes
 ``/ws``                WebSocket echo; "pid" answers the worker's pid
 
 Lifespan: startup stores ``{"booted": pid}``; with ``FAIL_STARTUP=1`` in the environment it
-answers ``lifespan.startup.failed``.
+answers ``lifespan.startup.failed``; with ``LIFESPAN_MARKER=P`` shutdown appends
+"shutdown <pid>" to file P.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ async def _lifespan(scope: Scope, receive: Any, send: Any) -> None:
     scope["state"]["booted"] = os.getpid()
     await send({"type": "lifespan.startup.complete"})
     await receive()
+    _mark(os.environ.get("LIFESPAN_MARKER"), f"shutdown {os.getpid()}")
     await send({"type": "lifespan.shutdown.complete"})
 
 
