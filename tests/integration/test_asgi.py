@@ -18,7 +18,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.support.server import GunicornServer
-from tests.support.stats import wait_settled
+from tests.support.stats import wait_settled, wait_stats
 from tests.support.wait import poll, read_text
 
 pytestmark = pytest.mark.integration
@@ -158,3 +158,23 @@ def test_entry_point_name(make_server: Callable[..., GunicornServer]) -> None:
     srv = make_server(app="tests.asgi_apps:app", worker_class="egg:gunicorn-fdpass#asgi",
                       workers=1)
     assert srv.get("/").status == 200
+
+
+def test_asyncio_loop_serves_http_keep_alive_handback_and_websockets(
+        make_server: Callable[..., GunicornServer], stats_path: Path) -> None:
+    """The same worker on the standard asyncio loop (uvloop is what auto picks when it is
+    installed, as in the other tests here)."""
+    srv = make_server(app="tests.asgi_apps:app", worker_class=ASGI, workers=2,
+                      args=["--asgi-loop", "asyncio", "--log-level", "debug"],
+                      env={"FDPASS_ASGI_IDLE": "0.05", "FDPASS_STATS_FILE": str(stats_path)})
+    assert srv.wait_for_log("Using the asyncio event loop")
+    with srv.connect() as conn:
+        first = conn.request("GET", "/pid", {"Host": "x"})
+        # Idle past FDPASS_ASGI_IDLE: the connection goes back to the master (parked), and
+        # its next request is served again.
+        wait_stats(stats_path, lambda s: s["parked"] == 1 and s["busy"] == 0)
+        second = conn.request("GET", "/pid", {"Host": "x"})
+        assert first.status == second.status == 200 and second.keep_alive
+    with connect(f"ws://127.0.0.1:{srv.port}/ws", open_timeout=10) as ws:
+        ws.send("echo")
+        assert ws.recv(timeout=10) == "echo"
