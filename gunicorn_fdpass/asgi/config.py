@@ -28,7 +28,8 @@ class AsgiConfig:
     #: Seconds an idle keep-alive connection waits in the worker before going back to the
     #: master (``FDPASS_ASGI_IDLE``); 0: at once.
     idle: float = 0.5
-    #: Seconds an idle connection that cannot go back (TLS) stays open (``--keep-alive``).
+    #: Seconds an idle connection that cannot go back stays open (``--keep-alive``; TLS
+    #: connections never get there today: keep-alive is off for them, as for WSGI).
     keepalive: float = 2.0
     #: Largest WebSocket message (``--websocket-max-message-size``); 0: no limit.
     ws_max_message: int = DEFAULT_WS_MAX_MESSAGE

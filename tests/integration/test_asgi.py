@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -178,3 +179,28 @@ def test_asyncio_loop_serves_http_keep_alive_handback_and_websockets(
     with connect(f"ws://127.0.0.1:{srv.port}/ws", open_timeout=10) as ws:
         ws.send("echo")
         assert ws.recv(timeout=10) == "echo"
+
+
+def test_tls_is_served_with_the_https_scheme(make_server: Callable[..., GunicornServer],
+                                             tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile, cafile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    srv = make_server(app="tests.asgi_apps:app", worker_class=ASGI, workers=1,
+                      wait_ready=False, args=["--certfile", str(certfile),
+                                              "--keyfile", str(keyfile)])
+    srv.wait_for_workers(1)
+    context = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"GET /scope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close" in head
+    assert json.loads(body)["scheme"] == "https"
