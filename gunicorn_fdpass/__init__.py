@@ -1,6 +1,7 @@
-"""gunicorn-fdpass: a Gunicorn worker whose master accepts and hands connections to workers.
+"""gunicorn-fdpass: Gunicorn workers whose master accepts and hands connections to workers.
 
-Use it with ``gunicorn --worker-class gunicorn_fdpass.Worker app:app``.
+Use it with ``gunicorn --worker-class gunicorn_fdpass.Worker app:app`` (WSGI) or
+``gunicorn --worker-class gunicorn_fdpass.ASGIWorker app:app`` (ASGI).
 """
 
 from __future__ import annotations
@@ -8,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .worker import Worker
+    from .worker import ASGIWorker, Worker
 
-__all__ = ["Worker"]
+__all__ = ["ASGIWorker", "Worker"]
 __version__ = "0.1.0"
 
 
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from .worker import Worker
 
         return Worker
+    if name == "ASGIWorker":
+        from .worker import ASGIWorker
+
+        return ASGIWorker
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

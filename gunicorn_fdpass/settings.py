@@ -53,6 +53,10 @@ class FdpassSettings:
     #: ignore ``wsgi.input_terminated`` and read nothing otherwise. Larger bodies get 413.
     #: 0 streams chunked bodies unbuffered, as Gunicorn's own workers do.
     max_chunked_body: int = 64 * 1024 * 1024
+    #: ASGI worker only: seconds an idle keep-alive connection stays in its worker waiting
+    #: for its next request before it goes back to the master, which then places that
+    #: request on the least-loaded worker. 0 hands every idle connection back at once.
+    asgi_idle: float = 0.5
 
 
 def _positive(kind: Callable[[str], Any], *, zero_ok: bool) -> Callable[[str], Any]:
@@ -74,6 +78,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "io_timeout": _positive(float, zero_ok=False),
     "stats_file": str,
     "max_chunked_body": _positive(int, zero_ok=True),
+    "asgi_idle": _positive(float, zero_ok=True),
 }
 
 

@@ -331,6 +331,7 @@ def docs_run_here() -> list[tuple[str, str]]:
     the Dockerfile's ``RUN`` and ``CMD``)."""
     picked = [("README.md", ".[examples]"),
               ("docs/quickstart.md", "python3 -m venv .venv"),
+              ("docs/quickstart.md", ".[asgi]"),
               ("README.md", "pip install ./gunicorn-fdpass"),
               ("docs/deployment.md", "python -m build")]
     return [(relpath, command) for relpath, contains in picked
@@ -347,8 +348,9 @@ def smoke_docs(tmp: Path) -> None:
     serve_and_get(with_port(first, port), port, cwd=checkout, env=fresh,
                   log=tmp / "readme.log", ready_timeout=600)
     # The quickstart's install: the same steps, one by one (the venv now exists: idempotent).
-    for command in doc_block("docs/quickstart.md", "sh", "python3 -m venv").commands():
-        run(command, cwd=checkout, env=fresh)
+    for contains in ("python3 -m venv", ".[asgi]"):
+        for command in doc_block("docs/quickstart.md", "sh", contains).commands():
+            run(command, cwd=checkout, env=fresh)
     print("  ran: the quickstart's install", flush=True)
 
     # README: install into your own project's active environment, then serve from it.

@@ -10,10 +10,20 @@ and :func:`decide` turns that, the settings (:class:`Policy`) and the worker's s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["After", "Facts", "Next", "Policy", "closes", "decide", "request_facts"]
+__all__ = [
+    "After",
+    "Facts",
+    "Next",
+    "Policy",
+    "closes",
+    "connection_tokens",
+    "decide",
+    "request_facts",
+]
 
 
 class After(Enum):
@@ -68,6 +78,17 @@ class Facts:
     #: The exchange did not complete cleanly (response cut short or overrun, a failed send,
     #: a failed body read or drain).
     broken: bool = False
+
+
+def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    """The options of a request's ``Connection`` field(s), lower case (names upper case, as
+    parsed)."""
+    return {
+        token.strip(" \t").lower()
+        for name, value in headers
+        if name == "CONNECTION"
+        for token in value.split(",")
+    }
 
 
 def request_facts(version: tuple[int, int], tokens: set[str], must_close: bool) -> Facts:

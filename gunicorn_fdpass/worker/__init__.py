@@ -1,7 +1,9 @@
-"""Runs in a worker process: the Gunicorn worker class and its connection loop.
+"""Runs in a worker process: the Gunicorn worker classes and their connection loops.
 
-- :mod:`.wsgi_worker`: ``Worker``, the class Gunicorn loads
+- :mod:`.wsgi_worker`: ``Worker``, the WSGI class Gunicorn loads
   (``gunicorn_fdpass.worker:Worker``, ``egg:gunicorn-fdpass#fdpass``).
+- :mod:`.asgi_worker`: ``ASGIWorker``, the ASGI class (``gunicorn_fdpass.ASGIWorker``,
+  ``egg:gunicorn-fdpass#asgi``); its connections live in :mod:`gunicorn_fdpass.asgi`.
 - :mod:`.connection`: ``serve_connection`` and the per-connection ``ConnectionLoop``.
 - :mod:`.cycle`: ``RequestCycle``, one request's exchange, made fresh per request;
   :mod:`.body_reader`: its body from the socket.
@@ -9,6 +11,26 @@
   ``Worker``.
 """
 
-from .wsgi_worker import Worker
+from __future__ import annotations
 
-__all__ = ["Worker"]
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .asgi_worker import ASGIWorker
+    from .wsgi_worker import Worker
+
+__all__ = ["ASGIWorker", "Worker"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazily: gunicorn_fdpass.asgi uses this package's api module, and the ASGI worker
+    # class imports gunicorn_fdpass.asgi; neither class is needed to import the other.
+    if name == "Worker":
+        from .wsgi_worker import Worker
+
+        return Worker
+    if name == "ASGIWorker":
+        from .asgi_worker import ASGIWorker
+
+        return ASGIWorker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from ..errors import FdpassError
 from ..http.keep_alive import After
+from ..http.request_rules import ParsedRequest
 from ..http.response import ResponseInfo
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "RequestHooks",
     "RequestInfo",
     "ResponseInfo",
+    "request_info",
 ]
 
 
@@ -36,6 +38,29 @@ class RequestInfo:
     headers: list[tuple[str, str]]  # names upper-case, like Gunicorn
     scheme: str
     remote_addr: str | tuple[Any, ...]
+
+
+def request_info(request: ParsedRequest, scheme: str, client: object) -> RequestInfo:
+    """What the hooks and the access log see of ``request`` from ``client`` (a socket
+    address), served as ``scheme`` unless a trusted proxy said otherwise."""
+    remote: str | tuple[Any, ...]
+    if isinstance(client, tuple):
+        remote = client
+    elif isinstance(client, bytes):
+        remote = client.decode("latin-1")
+    else:
+        remote = str(client or "")
+    return RequestInfo(
+        method=request.method,
+        uri=request.target,
+        path=request.path,
+        query=request.query,
+        fragment=request.fragment,
+        version=request.version,
+        headers=request.headers,
+        scheme=request.scheme or scheme,
+        remote_addr=remote,
+    )
 
 
 class RequestHooks(Protocol):

@@ -11,11 +11,11 @@ from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, Any
 
 from ..http.body_framing import RequestBody
-from ..http.keep_alive import After, Next, closes, decide, request_facts
+from ..http.keep_alive import After, Next, closes, connection_tokens, decide, request_facts
 from ..http.request_rules import ParsedRequest
 from ..http.response import Abort, Response
-from ..wsgi import Address, FileWrapper, InputStream, build_environ
-from .api import RequestBodyError, RequestInfo
+from ..wsgi import FileWrapper, InputStream, build_environ
+from .api import RequestBodyError, RequestInfo, request_info
 from .body_reader import BodyReader
 from .transport import ClientGone
 
@@ -32,7 +32,7 @@ class RequestCycle:
         self.conn = conn
         self.request = request
         self.reader = BodyReader(conn, request, body)
-        self.facts = request_facts(request.version, _connection_tokens(request),
+        self.facts = request_facts(request.version, connection_tokens(request.headers),
                                    request.must_close)
         self.after = After.CONTINUE
         self.response: Response | None = None
@@ -245,33 +245,4 @@ class RequestCycle:
         self.reader.send_continue(response_begun=resp is not None and resp.committed)
 
     def _request_info(self) -> RequestInfo:
-        request = self.request
-        return RequestInfo(
-            method=request.method,
-            uri=request.target,
-            path=request.path,
-            query=request.query,
-            fragment=request.fragment,
-            version=request.version,
-            headers=request.headers,
-            scheme=request.scheme or self.conn.config.url_scheme,
-            remote_addr=_printable_address(self.conn.client_addr),
-        )
-
-
-def _connection_tokens(request: ParsedRequest) -> set[str]:
-    """The options of the request's Connection field(s), lower case."""
-    return {
-        token.strip(" \t").lower()
-        for name, value in request.headers
-        if name == "CONNECTION"
-        for token in value.split(",")
-    }
-
-
-def _printable_address(addr: Address) -> str | tuple[Any, ...]:
-    if isinstance(addr, tuple):
-        return addr
-    if isinstance(addr, bytes):
-        return addr.decode("latin-1")
-    return addr or ""
+        return request_info(self.request, self.conn.config.url_scheme, self.conn.client_addr)

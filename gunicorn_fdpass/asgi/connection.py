@@ -1,0 +1,423 @@
+"""One client connection of the ASGI worker: an asyncio protocol that drives the sans-IO HTTP
+layer of :mod:`gunicorn_fdpass.http`, the same as the WSGI worker's blocking loop does.
+
+:class:`AsgiConnection` holds what lives as long as the connection: the transport, the bytes
+received and not yet used, the client's EOF, its address and PROXY header. Its
+:meth:`~AsgiConnection.serve` task reads request heads (:func:`find_head_end`, then
+:func:`receive_head`: h11 behind Gunicorn's rules), runs each request's
+:class:`~gunicorn_fdpass.asgi.http_cycle.HttpCycle` (or, for an Upgrade to WebSocket, a
+:class:`~gunicorn_fdpass.asgi.websocket.WebSocketSession`), and ends with the keep-alive
+decision: serve the next request here, hand the idle connection back to the master, or close.
+
+Waiting is bounded without a timer per wait: the worker calls :meth:`~AsgiConnection.tick`
+a few times a second, which ends a wait that has lasted too long (an idle keep-alive
+connection after ``FDPASS_ASGI_IDLE``, a stalled client after the I/O timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from ..http import proxy_protocol
+from ..http.body_framing import RequestBody
+from ..http.keep_alive import Next, connection_tokens
+from ..http.proxy_protocol import ProxyInfo
+from ..http.request_head import receive_head
+from ..http.request_rules import ParsedRequest, Rejected, find_head_end
+from ..http.serialize import error_message
+from ..link.messages import MAX_PAYLOAD
+from .api import WorkerSide
+from .config import AsgiConfig
+from .http_cycle import HttpCycle
+from .types import ASGIApp, ClientDisconnected
+
+if TYPE_CHECKING:
+    from .websocket import WebSocketSession
+
+__all__ = ["AsgiConnection", "is_websocket_request"]
+
+#: Received bytes the application has not asked for yet (a request body it reads slowly,
+#: pipelined requests) above which the connection stops reading: back-pressure to the client.
+HIGH_WATER: Final = 256 * 1024
+#: ... and below which it reads again.
+LOW_WATER: Final = 64 * 1024
+#: After our FIN, bytes the client still sends that we read and drop before closing: closing
+#: with unread data makes the kernel send RST, which can destroy the response in flight.
+_MAX_DISCARD: Final = 256 * 1024
+#: Seconds we wait for the client's EOF after our FIN before closing anyway.
+_CLOSE_WAIT: Final = 2.0
+
+
+class Wait(Enum):
+    """What a connection is waiting for (each with its own time limit, see ``tick``)."""
+
+    HEAD = "a request head"  # the first one, longer than the master's peek
+    IDLE = "the next request"  # keep-alive: limit FDPASS_ASGI_IDLE (TLS: --keep-alive)
+    BODY = "the request body"  # limit: the I/O timeout
+    CLOSE = "the client's EOF"  # after our FIN
+
+
+def is_websocket_request(request: ParsedRequest) -> bool:
+    """An HTTP/1.1 GET asking to upgrade to WebSocket (wsproto checks the rest)."""
+    if request.method != "GET" or request.version < (1, 1):
+        return False
+    if "upgrade" not in connection_tokens(request.headers):
+        return False
+    return any(name == "UPGRADE" and "websocket" in value.lower()
+               for name, value in request.headers)
+
+
+class AsgiConnection(asyncio.Protocol):
+    """One client connection, from the handoff to its end (closed or handed back)."""
+
+    def __init__(self, conn_id: int, family: int, prefix: bytes, app: ASGIApp,
+                 config: AsgiConfig, side: WorkerSide, log: Any) -> None:
+        self.conn_id = conn_id
+        self.family = family
+        self.app = app
+        self.config = config
+        self.http = config.http
+        self.rules = config.http.rules
+        self.policy = config.policy
+        self.side = side
+        self.log = log
+        self.buf = bytearray(prefix)  # received, not yet part of a request
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        self.client_addr: Any = None
+        self.server_addr: Any = None
+        self.trusted = False
+        self.plain = True  # no TLS: the connection may go back to the master
+        self.proxy: ProxyInfo | None = None
+        self.served = 0
+        self.eof = False  # the client shut its sending side
+        self.gone = False  # the transport is closed (connection_lost)
+        self.closing = False  # we are ending it (FIN sent or about to be)
+        self.handed_back = False  # it went back to the master with Park
+        self.expired = False  # the current wait lasted too long (see tick)
+        self.websocket: WebSocketSession | None = None
+        self.cycle: HttpCycle | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self._reader: asyncio.Future[None] | None = None
+        self._drainer: asyncio.Future[None] | None = None
+        self._waiting: Wait | None = None
+        self._read_since = 0.0
+        self._write_since = 0.0
+        self._discarded = 0
+
+    # -- asyncio protocol callbacks ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.client_addr = transport.get_extra_info("peername")
+        self.server_addr = transport.get_extra_info("sockname")
+        self.plain = transport.get_extra_info("sslcontext") is None
+        # Per connection, not per request: the peer cannot change.
+        self.trusted = self.rules.forwarded_allow.allows(self.client_addr)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            self._discarded += len(data)
+            if self._discarded > _MAX_DISCARD:
+                self.transport.close()
+            return
+        if self.websocket is not None and self.websocket.feeding:
+            self.websocket.feed(data)
+            return
+        self.buf += data
+        if len(self.buf) > HIGH_WATER and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.closing:
+            return False  # asyncio closes the transport: our side is done too
+        if self.websocket is not None:
+            self.websocket.client_eof()
+        if self.cycle is not None:
+            self.cycle.client_gone()
+        self._wake_reader()
+        # Keep our sending side open: an HTTP/1.0 client may half-close after its request
+        # and still read the response (a TLS transport ignores this and closes).
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        self._wake_reader()
+        self._wake_drainer()
+        if self.cycle is not None:
+            self.cycle.client_gone()
+        if self.websocket is not None:
+            self.websocket.client_gone()
+        self.side.ended(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._write_since = time.monotonic()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drainer()
+
+    # -- the connection's task ---------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Serve requests until the connection ends or goes back to the master."""
+        try:
+            if self.http.proxy_protocol != "off" and not await self._read_proxy_header():
+                return
+            while not self.closing and not self.gone:
+                got = await self._next_request()
+                if got is None:
+                    return
+                head, request, body = got
+                self.served += 1
+                if is_websocket_request(request):
+                    await self._websocket(head, request)
+                    return
+                self.cycle = HttpCycle(self, request, body)
+                fate = await self.cycle.run()
+                self.cycle = None
+                if fate is Next.CLOSE:
+                    self.close()
+                    return
+                if fate is Next.HAND_BACK:
+                    await self.hand_back()
+                    return
+        except Exception:
+            self.log.exception("Error serving connection")
+            self.abort()
+
+    async def _websocket(self, head: bytes, request: ParsedRequest) -> None:
+        try:
+            # wsproto is the optional part of the ASGI support (the "asgi" extra).
+            from .websocket import WebSocketSession
+        except ImportError as exc:
+            self.log.error("WebSocket request, but %s: pip install 'gunicorn-fdpass[asgi]'",
+                           exc)
+            self.send_error(501)
+            self.close()
+            return
+        self.websocket = WebSocketSession(self, head, request)
+        await self.websocket.run()
+
+    async def _read_proxy_header(self) -> bool:
+        """Consume a PROXY header (or our resume marker) at the start; False: ended."""
+        allowed = self.http.proxy_allow.allows(self.client_addr)
+        while True:
+            try:
+                got = proxy_protocol.parse(self.buf, self.http.proxy_protocol, allowed)
+            except Rejected as exc:
+                self._reject(exc)
+                return False
+            if isinstance(got, ProxyInfo):
+                del self.buf[: got.consumed]
+                self.proxy = None if got.protocol == "NONE" else got
+                return True
+            if got is proxy_protocol.NOT_PROXY:
+                return True
+            if self.gone or self.eof or self.expired:
+                self.close()
+                return False
+            await self.wait_readable(Wait.HEAD)
+
+    async def _next_request(self) -> tuple[bytes, ParsedRequest, RequestBody] | None:
+        """The next request head, parsed; None once the connection ended or went back."""
+        scanned = 0
+        idle = Wait.IDLE if self.served else Wait.HEAD
+        while True:
+            if self.buf:
+                try:
+                    end = find_head_end(self.buf, self.rules, scanned)
+                    if end >= 0:
+                        head = bytes(self.buf[:end])
+                        del self.buf[:end]
+                        self.resume_if_drained()
+                        request, body = receive_head(head, self.rules, trusted=self.trusted)
+                        return head, request, body
+                except Rejected as exc:
+                    self._reject(exc)
+                    return None
+                scanned = len(self.buf)
+            if self.gone:
+                return None
+            if self.eof:
+                self.close()
+                return None
+            if idle is Wait.IDLE and (self.expired or self.config.idle <= 0
+                                      or self.side.stopping() or self.side.others_waiting()):
+                await self.hand_back()
+                return None
+            if self.expired:
+                self.log.debug("Timed out waiting for a request from %s", self.client_addr)
+                if self.buf:
+                    self.send_error(408)  # it had started: tell the client why we hang up
+                self.close()
+                return None
+            await self.wait_readable(idle)
+
+    # -- reading and writing, for the request cycle and the WebSocket session ---------------
+
+    async def wait_readable(self, why: Wait) -> None:
+        """Wait for bytes, EOF, the end of the connection, or the end of the wait's time."""
+        self.expired = False
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        self._waiting = why
+        self._read_since = time.monotonic()
+        self._reader = asyncio.get_running_loop().create_future()
+        try:
+            await self._reader
+        finally:
+            self._reader = None
+            self._waiting = None
+
+    async def wait_body(self) -> None:
+        """Wait for more of a request body (at most the I/O timeout: then ``expired``)."""
+        await self.wait_readable(Wait.BODY)
+
+    def pause_reading(self) -> None:
+        """Stop reading until :meth:`resume_if_drained` (back-pressure)."""
+        if not self._read_paused and not self.gone:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_if_drained(self) -> None:
+        """Read again once the application consumed what was received."""
+        if self._read_paused and len(self.buf) < LOW_WATER and not self.gone:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` on the transport; :class:`ClientDisconnected` once it is closed."""
+        if self.gone or self.closing:
+            raise ClientDisconnected("the client went away")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport's buffer is over its limit (the client reads slowly)."""
+        if self._write_paused and not self.gone:
+            self._drainer = asyncio.get_running_loop().create_future()
+            try:
+                await self._drainer
+            finally:
+                self._drainer = None
+        if self.gone:
+            raise ClientDisconnected("the client went away")
+
+    def send_error(self, status_code: int) -> None:
+        """Answer a request that could not be served, before any response to it began."""
+        if not self.gone and not self.closing:
+            self.transport.write(error_message(status_code, self.http.server_software).data)
+
+    def _reject(self, exc: Rejected) -> None:
+        # Gunicorn logs refused requests as warnings too ("Invalid request from ip=...").
+        self.log.warning("Invalid request from %s: %s", self.client_addr, exc.reason)
+        self.send_error(exc.status_hint)
+        self.close()
+
+    # -- the end of the connection -------------------------------------------------------------
+
+    async def hand_back(self) -> None:
+        """Give the idle connection back to the master, with the bytes already read; close
+        it instead if it cannot go back (TLS, too many leftover bytes)."""
+        leftover = bytes(self.buf)
+        if self.http.proxy_protocol != "off":
+            # What the PROXY header said must survive the connection being parked.
+            leftover = proxy_protocol.resume_marker(self.proxy) + leftover
+        if not (self.policy.parkable and self.plain) or len(leftover) > MAX_PAYLOAD:
+            self.close()
+            return
+        transport = self.transport
+        transport.pause_reading()
+        if transport.get_write_buffer_size():
+            # The last response must be out before the socket leaves: with a zero limit the
+            # transport says so (resume_writing) once its buffer is empty.
+            self._write_paused = True
+            self._write_since = time.monotonic()
+            transport.set_write_buffer_limits(high=0)
+            try:
+                await self.drain()
+            except ClientDisconnected:
+                return
+        if self.gone:
+            return
+        sock = transport.get_extra_info("socket")
+        if self.side.hand_back(self, sock.fileno(), leftover):
+            self.handed_back = True
+            self.closing = True
+            transport.abort()  # closes our fd only; the master has its own now
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """End the connection in order: our FIN after the last response, then (unless the
+        client already sent EOF) read and drop what it still sends until its EOF, so that
+        closing does not reset the connection under the response."""
+        if self.gone or self.closing:
+            return
+        self.closing = True
+        transport = self.transport
+        if self.eof or not self.plain or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.buf.clear()
+        self._waiting = Wait.CLOSE
+        self._read_since = time.monotonic()
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+
+    def abort(self) -> None:
+        """Drop the connection at once: the client sees a truncated response."""
+        self.closing = True
+        if not self.gone:
+            self.transport.abort()
+
+    # -- time limits -------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Called a few times a second by the worker: end waits that lasted too long."""
+        waiting = self._waiting
+        if waiting is not None:
+            if waiting is Wait.IDLE:
+                limit = self.config.idle if self.plain else self.config.keepalive
+                if self.side.stopping():
+                    limit = 0.0
+            elif waiting is Wait.CLOSE:
+                limit = _CLOSE_WAIT
+            else:
+                limit = self.http.io_timeout or 10.0
+            if now - self._read_since >= limit:
+                if waiting is Wait.CLOSE:
+                    self._waiting = None
+                    self.transport.close()
+                else:
+                    self.expired = True
+                    self._wake_reader()
+        if (self._write_paused and self._drainer is not None
+                and now - self._write_since >= (self.http.io_timeout or 10.0)):
+            self.log.debug("Client %s stopped reading: closing", self.client_addr)
+            self.abort()
+
+    def wake_idle(self) -> None:
+        """The worker is stopping: an idle connection goes back (or closes) now."""
+        if self._waiting is Wait.IDLE:
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    def _wake_drainer(self) -> None:
+        drainer = self._drainer
+        if drainer is not None and not drainer.done():
+            drainer.set_result(None)

@@ -1,0 +1,115 @@
+"""The ASGI connection scope of a parsed request (HTTP and WebSocket), and the WSGI-style
+environ the access log and ``post_request`` hook read. Pure.
+
+``path`` is the whole request path, decoded; ``root_path`` is the mount point (Gunicorn's
+``--root-path``, else a ``SCRIPT_NAME`` environment variable as the WSGI worker reads it, or a
+trusted proxy's ``SCRIPT_NAME`` field). As in the WSGI worker, the path is not rewritten:
+frameworks (Starlette, Django) strip ``root_path`` from ``path`` when it starts with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+from urllib.parse import unquote
+
+from ..http.proxy_protocol import ProxyInfo
+from ..http.request_rules import ParsedRequest
+from ..wsgi import Address, build_environ
+from .types import Scope
+
+__all__ = ["ASGI_VERSION", "access_environ", "http_scope", "scope_address", "websocket_scope"]
+
+#: ASGI 3.0; the HTTP and WebSocket specs at 2.4, where ``send()`` on a closed connection
+#: raises an ``OSError`` (frameworks then stop streaming instead of listening for
+#: ``http.disconnect`` in a second task).
+ASGI_VERSION: Final = {"version": "3.0", "spec_version": "2.4"}
+
+
+def scope_address(addr: Address) -> tuple[str, int | None] | None:
+    """A socket address as ASGI's ``client``/``server``: ``(host, port)``, ``(path, None)``
+    for a UNIX socket, None when unknown."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return str(addr[0]), int(addr[1])
+    if isinstance(addr, bytes):
+        addr = addr.decode("latin-1")
+    if isinstance(addr, str) and addr:
+        return addr, None
+    return None
+
+
+def _client(client: Address, proxy: ProxyInfo | None) -> tuple[str, int | None] | None:
+    if proxy is not None and proxy.client_addr is not None:
+        return proxy.client_addr, proxy.client_port
+    return scope_address(client)
+
+
+def _headers(request: ParsedRequest) -> list[tuple[bytes, bytes]]:
+    # Gunicorn keeps names upper case; ASGI wants them lower case, as bytes.
+    return [(name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in request.headers]
+
+
+def _common(request: ParsedRequest, *, client: Address, server: Address,
+            proxy: ProxyInfo | None, root_path: str, state: dict[str, Any] | None) -> Scope:
+    raw_path = request.path.encode("latin-1")
+    scope: Scope = {
+        "asgi": ASGI_VERSION,
+        "http_version": f"{request.version[0]}.{request.version[1]}",
+        # Percent-decoded, UTF-8 decoded (ASGI); a byte sequence that is not UTF-8 becomes
+        # U+FFFD, and raw_path keeps the exact bytes.
+        "path": unquote(request.path, errors="replace"),
+        "raw_path": raw_path,
+        "query_string": request.query.encode("latin-1"),
+        "root_path": (request.script_name if request.script_name is not None
+                      else root_path).rstrip("/"),
+        "headers": _headers(request),
+        "client": _client(client, proxy),
+        "server": scope_address(server),
+    }
+    if state is not None:
+        # A shallow copy per request (lifespan spec): one request's keys never reach another.
+        scope["state"] = state.copy()
+    return scope
+
+
+def http_scope(request: ParsedRequest, *, client: Address, server: Address,
+               proxy: ProxyInfo | None, url_scheme: str, root_path: str,
+               state: dict[str, Any] | None) -> Scope:
+    """The ``http`` scope of ``request``; ``url_scheme`` unless a trusted proxy said."""
+    scope = _common(request, client=client, server=server, proxy=proxy, root_path=root_path,
+                    state=state)
+    scope["type"] = "http"
+    scope["method"] = request.method
+    scope["scheme"] = request.scheme or url_scheme
+    return scope
+
+
+def websocket_scope(request: ParsedRequest, *, client: Address, server: Address,
+                    proxy: ProxyInfo | None, url_scheme: str, root_path: str,
+                    state: dict[str, Any] | None) -> Scope:
+    """The ``websocket`` scope of an upgrade request (scheme ``ws`` or ``wss``)."""
+    scope = _common(request, client=client, server=server, proxy=proxy, root_path=root_path,
+                    state=state)
+    scope["type"] = "websocket"
+    scope["scheme"] = "wss" if (request.scheme or url_scheme) == "https" else "ws"
+    protocols = [
+        token.strip(" \t")
+        for name, value in request.headers if name == "SEC-WEBSOCKET-PROTOCOL"
+        for token in value.split(",") if token.strip(" \t")
+    ]
+    scope["subprotocols"] = protocols
+    return scope
+
+
+def access_environ(request: ParsedRequest, *, client: Address, server: Address,
+                   proxy: ProxyInfo | None, url_scheme: str, root_path: str,
+                   server_software: str) -> dict[str, Any]:
+    """What Gunicorn's access log format and ``post_request`` read, as the WSGI worker
+    builds it (no ``wsgi.input``: an ASGI request has none)."""
+    environ = build_environ(
+        request, server=server, client=client, url_scheme=url_scheme, script_name=root_path,
+        wsgi_input=None, wsgi_errors=None, multithread=False, server_software=server_software,
+    )
+    if proxy is not None:
+        environ.update(proxy.environ())
+    return environ

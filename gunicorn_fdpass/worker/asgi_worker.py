@@ -1,0 +1,399 @@
+"""The ASGI worker class: ``gunicorn -k gunicorn_fdpass.ASGIWorker app:app``.
+
+One asyncio event loop (uvloop when installed, as Gunicorn's ``--asgi-loop auto``) serves up
+to ``--worker-connections`` connections at once, all handed over by the master, which never
+lets a worker accept. The worker announces that number as its capacity, so the master's
+least-busy rule puts every new connection on the worker with the fewest open connections.
+
+- The inbox is read (``loop.add_reader``) only while the worker has room; each handoff is
+  confirmed with ``Taken`` before a byte of it is read, and served by an
+  :class:`~gunicorn_fdpass.asgi.connection.AsgiConnection` task.
+- A connection that ends sends ``Done``; an idle keep-alive connection goes back to the
+  master with ``Park`` after ``FDPASS_ASGI_IDLE`` seconds without a request (at once while
+  the worker or the server is stopping, or while work waits in the master).
+- A timer callback on the loop itself sends the heartbeat, so ``--timeout`` kills a worker
+  whose event loop is blocked; the same callback ends waits that lasted too long.
+- Lifespan startup runs before the worker says ``Hello`` (no connection arrives earlier);
+  its shutdown after the last connection.
+- A graceful stop (SIGTERM, ``max_requests``, the master's ``Closing``) sends ``Draining``,
+  hands idle connections back, lets requests in progress finish, and closes WebSockets with
+  1001 once ``--graceful-timeout`` has passed since the stop began.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import time
+from datetime import timedelta
+from typing import Any, Final
+
+from gunicorn import sock as gunicorn_sock
+from gunicorn.workers import base
+
+from .. import settings as fdpass_settings
+from ..asgi.config import asgi_config
+from ..asgi.connection import AsgiConnection
+from ..asgi.lifespan import Lifespan, LifespanFailed
+from ..asgi.loop import new_event_loop
+from ..errors import PeerGone
+from ..gunicorn_settings import http_config, validate
+from ..http.keep_alive import After
+from ..http.response import ResponseInfo
+from ..link import messages
+from ..link.channel import Channel, socket_from_fd
+from ..master import arbiter
+from .api import RequestInfo
+
+__all__ = ["ASGIWorker"]
+
+#: Seconds between two runs of the loop's timer callback (time limits of the connections).
+TICK: Final = 0.1
+#: Gunicorn's exit status for a worker that failed to boot: the master then halts.
+WORKER_BOOT_ERROR: Final = 3
+#: Seconds WebSockets get to finish their close handshake after the 1001, before the
+#: worker drops whatever is left.
+_LAST_WORDS: Final = 5.0
+
+
+class ASGIWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
+    """A pre-forked asyncio worker that gets its connections from the master."""
+
+    sockets: list[socket.socket]  # Gunicorn's listeners; closed in the worker at once
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Called by Gunicorn in the master at startup: validate, then hook the master in."""
+        validate(cfg)
+        if int(cfg.threads) > 1:
+            # As Gunicorn's own asgi worker: a warning, not a refusal.
+            log.warning("gunicorn_fdpass.ASGIWorker does not use --threads (%s): one event "
+                        "loop serves up to --worker-connections connections at once",
+                        cfg.threads)
+        arbiter.hook_when_ready(cfg)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Runs in the master, right before Gunicorn forks this worker.
+        super().__init__(*args, **kwargs)
+        ends = arbiter.open_worker_channel()
+        self._ends = ends
+        self.channel: Channel = ends.channel
+        self.inbox: Channel = ends.inbox
+        self.board = ends.board
+        self.capacity = max(1, int(self.cfg.worker_connections))
+        self.connections: set[AsgiConnection] = set()
+        self.state: dict[str, Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ssl_context: ssl.SSLContext | None = None
+        self._closing = False  # the master is stopping the server
+        self._master_gone = False
+        self._reading_inbox = False
+        self._stopped: asyncio.Future[None] | None = None
+        self._empty: asyncio.Future[None] | None = None
+        self._deadline: float | None = None  # when WebSockets get 1001
+        self._next_notify = 0.0
+        self._post_request_set = False
+
+    def init_process(self) -> None:
+        """In the child: drop what belongs to the master, make the loop, let Gunicorn go on."""
+        arbiter.take_inherited_channel(self._ends)
+        for listener in self.sockets:
+            listener.close()  # only the master accepts
+        self.sockets = []
+        self.channel.set_blocking(True)
+        self.loop = new_event_loop(str(getattr(self.cfg, "asgi_loop", "auto")), self.log)
+        asyncio.set_event_loop(self.loop)
+        super().init_process()
+
+    def init_signals(self) -> None:
+        """Gunicorn's worker signals, handled on the event loop."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        loop = self.loop
+        assert loop is not None
+        loop.add_signal_handler(signal.SIGTERM, self._stop)
+        loop.add_signal_handler(signal.SIGQUIT, self._quit)
+        loop.add_signal_handler(signal.SIGINT, self._quit)
+        loop.add_signal_handler(signal.SIGABRT, self._abort)
+        loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
+        loop.add_signal_handler(signal.SIGWINCH, lambda: None)
+
+    def _quit(self) -> None:
+        self.alive = False
+        self.cfg.worker_int(self)
+        raise SystemExit(0)
+
+    def _abort(self) -> None:
+        self.alive = False
+        self.cfg.worker_abort(self)
+        raise SystemExit(1)
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            self._cleanup(loop)
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        own = fdpass_settings.load()  # validated by the master at startup
+        self.http = http_config(self.cfg, own, multithread=False)
+        self.config = asgi_config(self.cfg, self.http, own.asgi_idle)
+        if self.cfg.is_ssl:
+            self._ssl_context = gunicorn_sock.ssl_context(self.cfg)
+        settings = getattr(self.cfg, "settings", {})
+        hook = settings.get("post_request")
+        self._post_request_set = hook is not None and self.cfg.post_request is not hook.default
+        self._stopped = loop.create_future()
+        self._tick()
+        lifespan = Lifespan(self.wsgi, self.log)
+        try:
+            if await lifespan.startup(str(getattr(self.cfg, "asgi_lifespan", "auto"))):
+                self.state = lifespan.state
+        except LifespanFailed as exc:
+            self.log.error("ASGI lifespan startup failed, worker exiting: %s", exc)
+            raise SystemExit(WORKER_BOOT_ERROR) from None
+        try:
+            self.channel.send(messages.Hello(self.capacity, os.getpid()))
+            loop.add_reader(self.channel.fileno(), self._read_channel)
+            self._watch_inbox()
+            if self.alive:
+                await self._stopped
+            await self._drain()
+        except PeerGone:
+            self._master_hung_up()
+        finally:
+            await lifespan.shutdown()
+
+    def _stop(self) -> None:
+        """Stop gracefully (SIGTERM, max_requests, the master gone or changed)."""
+        if self.alive:
+            self.alive = False
+            self._set_deadline(time.monotonic() + float(self.cfg.graceful_timeout))
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def _set_deadline(self, when: float) -> None:
+        if self._deadline is None or when < self._deadline:
+            self._deadline = when
+
+    async def _drain(self) -> None:
+        """Hand idle connections back, let the others finish, then go."""
+        loop = asyncio.get_running_loop()
+        self._unwatch_inbox()
+        if not self._master_gone:
+            try:
+                # Handoffs still unread in the inbox were never Taken: the master takes them
+                # back and gives them to another worker.
+                self.channel.send(messages.Draining())
+            except PeerGone:
+                self._master_gone = True
+        for conn in list(self.connections):
+            conn.wake_idle()
+        while self.connections:
+            self._empty = loop.create_future()
+            await self._empty
+        self._empty = None
+        if self._master_gone:
+            self._master_hung_up()
+
+    def _master_hung_up(self) -> None:
+        if self._closing:
+            self.log.info("Server stopping: worker finished its requests (pid: %s)",
+                          os.getpid())
+        else:
+            self.log.warning("master is gone, worker exiting: %s", self)
+
+    def _tick(self) -> None:
+        """The loop's own timer: heartbeat, time limits, the graceful stop's deadline."""
+        loop = self.loop
+        assert loop is not None
+        now = time.monotonic()
+        if now >= self._next_notify:
+            # A file-time update (a syscall): once per interval is enough for --timeout.
+            self.notify()
+            self._next_notify = now + min(1.0, (self.timeout or 2) / 2)
+            if self.ppid != os.getppid():
+                self.log.info("Parent changed, shutting down: %s", self)
+                self._master_gone = True
+                self._stop()
+        for conn in list(self.connections):
+            conn.tick(now)
+        deadline = self._deadline
+        if deadline is not None and now >= deadline:
+            for conn in list(self.connections):
+                if conn.websocket is not None:
+                    conn.websocket.shutdown()
+            if not self.alive and now >= deadline + _LAST_WORDS:
+                for conn in list(self.connections):
+                    conn.abort()
+        loop.call_later(TICK, self._tick)
+
+    def _cleanup(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks and not loop.is_closed():
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.close()
+        except Exception as exc:  # an exit path: nothing may stop it
+            self.log.debug("Cleanup of the event loop: %s", exc)
+        self.channel.close()
+        self.inbox.close()
+
+    # -- the master link -------------------------------------------------------------------
+
+    def _read_channel(self) -> None:
+        """What the master says besides handoffs: ``Closing``; or that it is gone."""
+        try:
+            while (received := self.channel.recv()) is not None:
+                if isinstance(received.message, messages.Closing):
+                    self._server_closing()
+                else:
+                    self.log.error("unexpected message from the master: %r", received.message)
+                    if received.fd is not None:
+                        os.close(received.fd)
+        except PeerGone:
+            assert self.loop is not None
+            self.loop.remove_reader(self.channel.fileno())
+            self._master_gone = True
+            self._set_deadline(time.monotonic())
+            self._stop()
+
+    def _server_closing(self) -> None:
+        """The master is stopping the server: no more keep-alive; WebSockets get 1001 when
+        its graceful timeout is over."""
+        self._closing = True
+        self._set_deadline(time.monotonic() + float(self.cfg.graceful_timeout))
+        for conn in list(self.connections):
+            conn.wake_idle()
+
+    def _watch_inbox(self) -> None:
+        if not self._reading_inbox and self.alive:
+            assert self.loop is not None
+            self._reading_inbox = True
+            self.loop.add_reader(self.inbox.fileno(), self._read_inbox)
+            self._read_inbox()  # some may have arrived while we were not watching
+
+    def _unwatch_inbox(self) -> None:
+        if self._reading_inbox:
+            assert self.loop is not None
+            self._reading_inbox = False
+            self.loop.remove_reader(self.inbox.fileno())
+
+    def _read_inbox(self) -> None:
+        """Take handoffs while there is room; unread ones stay where the master can take
+        them back."""
+        try:
+            while self.alive and len(self.connections) < self.capacity:
+                received = self.inbox.recv()
+                if received is None:
+                    return
+                message = received.message
+                if not isinstance(message, messages.Handoff):
+                    self.log.error("unexpected message from the master: %r", message)
+                    if received.fd is not None:
+                        os.close(received.fd)
+                    continue
+                if received.fd is None:
+                    self.channel.send(messages.Refused(message.conn_id))
+                    continue
+                self.channel.send(messages.Taken(message.conn_id))
+                self._start(message, received.fd)
+        except PeerGone:
+            self._master_gone = True
+            self._set_deadline(time.monotonic())
+            self._stop()
+        if len(self.connections) >= self.capacity or not self.alive:
+            self._unwatch_inbox()
+
+    def _start(self, handoff: messages.Handoff, fd: int) -> None:
+        assert self.loop is not None
+        sock = socket_from_fd(fd, handoff.family)
+        conn = AsgiConnection(handoff.conn_id, handoff.family, handoff.prefix, self.wsgi,
+                              self.config, self, self.log)
+        self.connections.add(conn)
+        task = self.loop.create_task(self._serve(conn, sock))
+        self._tasks.add(task)  # the loop keeps only weak references to its tasks
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: AsgiConnection, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            sock.setblocking(False)
+            await loop.connect_accepted_socket(lambda: conn, sock, ssl=self._ssl_context)
+        except Exception as exc:  # a failed TLS handshake, a socket already reset
+            self.log.debug("Cannot start serving a connection: %r", exc)
+            if not conn.gone:
+                sock.close()
+                self.ended(conn)
+            return
+        await conn.serve()
+
+    # -- WorkerSide, as the connections see it ----------------------------------------------
+
+    def request_started(self) -> After:
+        """Count a request; say what happens to its connection after it."""
+        self.nr += 1
+        if self.nr >= self.max_requests and self.alive:
+            self.log.info("Autorestarting worker after current request.")
+            self._stop()
+        if self._closing:
+            return After.CLOSE
+        # A draining worker: the connection stays open and goes back to the master.
+        return After.CONTINUE if self.alive else After.HAND_BACK
+
+    def others_waiting(self) -> bool:
+        """Work waits in the master's queue: every worker is full."""
+        return self.board.waiting() > 0
+
+    def stopping(self) -> bool:
+        return self._closing or not self.alive
+
+    def access_wanted(self) -> bool:
+        return bool(self.log.access_log_enabled) or self._post_request_set
+
+    def pre_request(self, req: RequestInfo) -> None:
+        self.cfg.pre_request(self, req)
+
+    def post_request(self, req: RequestInfo, environ: dict[str, Any],
+                     resp: ResponseInfo) -> None:
+        self.cfg.post_request(self, req, environ, resp)
+
+    def access(self, resp: ResponseInfo, req: RequestInfo, environ: dict[str, Any],
+               request_time: timedelta) -> None:
+        self.log.access(resp, req, environ, request_time)
+
+    def hand_back(self, conn: AsgiConnection, fd: int, leftover: bytes) -> bool:
+        if self._master_gone:
+            return False
+        try:
+            self.channel.send(messages.Park(conn.conn_id, leftover, conn.family), fd)
+        except PeerGone:
+            self._master_gone = True
+            return False
+        return True
+
+    def ended(self, conn: AsgiConnection) -> None:
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        if not conn.handed_back and not self._master_gone:
+            try:
+                self.channel.send(messages.Done(conn.conn_id))
+            except PeerGone:
+                self._master_gone = True
+        if self.alive:
+            self._watch_inbox()
+        elif not self.connections and self._empty is not None and not self._empty.done():
+            self._empty.set_result(None)
+
