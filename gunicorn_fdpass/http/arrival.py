@@ -35,7 +35,7 @@ from . import proxy_protocol
 from .head import END_OF_HEAD
 from .request_rules import TOKEN, Rejected
 
-__all__ = ["ArrivalRules", "Kind", "Verdict", "chunked_end", "classify"]
+__all__ = ["READY", "ArrivalRules", "Kind", "Verdict", "chunked_end", "classify"]
 
 
 class Kind(IntEnum):
@@ -185,9 +185,11 @@ def chunked_end(data: bytes | bytearray, pos: int, length: int, bound: int) -> i
     (malformed, or more than ``bound`` bytes of chunk data, or lines longer than allowed)."""
     total = 0
     while True:
-        line_end = data.find(b"\r\n", pos, min(length, pos + _MAX_CHUNK_LINE))
+        line_end = data.find(b"\n", pos, min(length, pos + _MAX_CHUNK_LINE)) - 1
         if line_end < 0:
             return -1 if length - pos < _MAX_CHUNK_LINE else -2
+        if line_end < pos or data[line_end] != 0x0D:
+            return -2  # a bare LF: the worker refuses it
         size = _HEX_RE.match(data, pos, line_end)
         if size is None:
             return -2

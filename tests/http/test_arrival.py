@@ -65,6 +65,8 @@ CASES: list[tuple[str, bytes, ArrivalRules, Kind, int]] = [
     ("chunked, trailers pending", CHUNKED + b"0\r\nX-T: 1\r\n", BODY, Kind.BODY, 0),
     ("chunked, trailers complete", CHUNKED + b"0\r\nX-T: 1\r\n\r\n", BODY, Kind.READY, 0),
     ("chunked, a bad size: the worker refuses", CHUNKED + b"zz\r\n", BODY, Kind.READY, 0),
+    ("chunked, a bare LF: the worker refuses", CHUNKED + b"5\nhello\n", BODY, Kind.READY, 0),
+    ("chunked, a bare LF first", CHUNKED + b"\n", BODY, Kind.READY, 0),
     ("chunked, over the bound", CHUNKED + b"401\r\n", BODY, Kind.READY, 0),
     ("junk: a control byte", b"\x00\x01\x02", BODY, Kind.REFUSE, 400),
     ("junk: a method character that is not a token", b"GE(T / HTTP/1.1\r\n", BODY,
