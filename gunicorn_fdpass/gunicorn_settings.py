@@ -7,8 +7,9 @@ message naming the setting (Gunicorn prints a RuntimeError as ``Error: ...`` and
 from __future__ import annotations
 
 import os
+import resource
 import sys
-from typing import Any
+from typing import Any, Final
 
 from gunicorn import SERVER
 from gunicorn.config import Config
@@ -18,6 +19,10 @@ from .errors import ConfigurationError
 from .http.config import HttpConfig
 from .http.request_rules import DEFAULT_SECURE_SCHEME_HEADERS, AddressAllowList, RequestRules
 from .master.dispatcher import DispatchSettings
+
+#: The most file descriptors the master raises its soft limit to (Linux's default
+#: ``fs.nr_open``): an "unlimited" hard limit is not a reason to ask for more.
+MAX_FDS: Final = 1024 * 1024
 
 
 def validate(cfg: Any) -> None:
@@ -115,11 +120,6 @@ def http_config(cfg: Any, own: fdpass_settings.FdpassSettings, *,
     if cfg.timeout:
         # Give up on a stalled client before the arbiter gives up on the worker.
         io_timeout = min(io_timeout, max(1.0, float(cfg.timeout) / 2))
-    proxy_mode = str(_setting(cfg, "proxy_protocol", "off"))
-    if proxy_mode in ("True", "true"):  # older boolean spelling
-        proxy_mode = "auto"
-    elif proxy_mode in ("False", "false", "None"):
-        proxy_mode = "off"
     return HttpConfig(
         server_software=SERVER,
         url_scheme="https" if cfg.is_ssl else "http",
@@ -132,23 +132,64 @@ def http_config(cfg: Any, own: fdpass_settings.FdpassSettings, *,
         io_timeout=io_timeout,
         burst=own.burst,
         rules=request_rules(cfg),
-        proxy_protocol=proxy_mode,
+        proxy_protocol=proxy_mode(cfg),
         proxy_allow=AddressAllowList(_setting(cfg, "proxy_allow_ips", ["127.0.0.1", "::1"])),
         max_chunked_body=own.max_chunked_body,
     )
 
 
+def proxy_mode(cfg: Any) -> str:
+    """Gunicorn's ``proxy_protocol``: "off", "v1", "v2" or "auto" (older booleans too)."""
+    mode = str(_setting(cfg, "proxy_protocol", "off"))
+    if mode in ("True", "true"):  # older boolean spelling
+        return "auto"
+    if mode in ("False", "false", "None"):
+        return "off"
+    return mode
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE toward its hard limit (the master holds one fd
+    per connection; its workers inherit the limit). Returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_FDS if hard == resource.RLIM_INFINITY else min(hard, MAX_FDS)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft  # e.g. above fs.nr_open: keep what there is
+        return soft, target
+    return soft, soft
+
+
+def connections_for_fd_limit(workers: int) -> int:
+    """The default ``FDPASS_MAX_CONNECTIONS``: what the current fd limit leaves for client
+    connections, with room for the master's other fds (three per worker, listeners, logs,
+    epoll) and for answered connections lingering on their way out."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = MAX_FDS
+    return max(16, (soft - 64 - 3 * max(1, workers)) * 3 // 4)
+
+
 def dispatch_settings(cfg: Any, own: fdpass_settings.FdpassSettings) -> DispatchSettings:
-    """Map Gunicorn's settings and this worker's ``FDPASS_*`` ones onto the dispatcher's."""
+    """Map Gunicorn's settings and this worker's ``FDPASS_*`` ones onto the dispatcher's.
+
+    ``worker_connections`` keeps Gunicorn's per-worker meaning and is not read here: the
+    master's own cap is ``FDPASS_MAX_CONNECTIONS`` (default: from the fd limit)."""
     return DispatchSettings(
         keepalive=0.0 if cfg.is_ssl else float(cfg.keepalive),  # TLS is never parked
         head_timeout=own.head_timeout,
         max_queue=own.max_queue,
-        max_connections=max(1, int(cfg.worker_connections)),
+        max_connections=own.max_connections or connections_for_fd_limit(int(cfg.workers)),
         shed_queue=own.shed_queue,
         shed_wait=own.shed_wait,
         retry_after=own.retry_after,
         max_head=request_rules(cfg).max_head,
         tls=bool(cfg.is_ssl),
         server_software=SERVER,
+        body_buffer=own.body_buffer,
+        body_timeout=own.body_timeout,
+        proxy_protocol=proxy_mode(cfg),
+        proxy_allow=AddressAllowList(_setting(cfg, "proxy_allow_ips", ["127.0.0.1", "::1"])),
     )

@@ -57,6 +57,17 @@ class FdpassSettings:
     #: for its next request before it goes back to the master, which then places that
     #: request on the least-loaded worker. 0 hands every idle connection back at once.
     asgi_idle: float = 0.5
+    #: A request body of at most this many bytes (Content-Length or chunked) waits in the
+    #: master until it has all arrived, so a slow upload costs no worker; larger bodies go to
+    #: a worker with the head, as before. 0 turns it off.
+    body_buffer: int = 64 * 1024
+    #: Seconds such a body may take to arrive once its head is complete (then 408);
+    #: 0: the head timeout.
+    body_timeout: float = 0.0
+    #: Connections the master holds at most (waiting for a head or body, parked, queued).
+    #: When reached, the oldest one whose head is incomplete is answered 408 to make room
+    #: (then the oldest idle parked one). 0: from the master's file-descriptor limit.
+    max_connections: int = 0
 
 
 def _positive(kind: Callable[[str], Any], *, zero_ok: bool) -> Callable[[str], Any]:
@@ -79,6 +90,9 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "stats_file": str,
     "max_chunked_body": _positive(int, zero_ok=True),
     "asgi_idle": _positive(float, zero_ok=True),
+    "body_buffer": _positive(int, zero_ok=True),
+    "body_timeout": _positive(float, zero_ok=True),
+    "max_connections": _positive(int, zero_ok=True),
 }
 
 

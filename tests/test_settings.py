@@ -116,3 +116,67 @@ def test_a_reload_loads_the_class_again_without_refusing(first_load: None) -> No
 def test_the_hook_does_nothing_when_not_called_by_gunicorn(first_load: None) -> None:
     gunicorn_settings.validate_on_load()  # no Config among the callers: nothing to check
     assert gunicorn_settings._CHECKED_AT_LOAD is False
+
+
+def test_issue_13_settings_parse_with_their_defaults() -> None:
+    assert (FdpassSettings().body_buffer, FdpassSettings().body_timeout,
+            FdpassSettings().max_connections) == (64 * 1024, 0.0, 0)
+    s = load({"FDPASS_BODY_BUFFER": "0", "FDPASS_BODY_TIMEOUT": "3",
+              "FDPASS_MAX_CONNECTIONS": "50000"})
+    assert (s.body_buffer, s.body_timeout, s.max_connections) == (0, 3.0, 50000)
+    with pytest.raises(ConfigurationError, match="bad value for FDPASS_MAX_CONNECTIONS"):
+        load({"FDPASS_MAX_CONNECTIONS": "-1"})
+
+
+class _Cfg:
+    """The Gunicorn settings dispatch_settings reads."""
+
+    is_ssl = False
+    keepalive = 2
+    worker_connections = 1000
+    workers = 2
+    limit_request_line = 4094
+    limit_request_fields = 100
+    limit_request_field_size = 8190
+    proxy_protocol = "v1"
+    proxy_allow_ips = ("10.0.0.1",)
+
+
+def test_the_masters_cap_is_its_own_setting_not_worker_connections() -> None:
+    import resource
+
+    from gunicorn_fdpass.gunicorn_settings import connections_for_fd_limit, dispatch_settings
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    default = dispatch_settings(_Cfg(), FdpassSettings())
+    assert default.max_connections == connections_for_fd_limit(2) < soft
+    assert dispatch_settings(_Cfg(), FdpassSettings(max_connections=7)).max_connections == 7
+    assert (default.body_buffer, default.proxy_protocol) == (64 * 1024, "v1")
+    assert not default.proxy_allow.allows(("127.0.0.1", 1))
+    assert default.proxy_allow.allows(("10.0.0.1", 1))
+
+
+def test_the_fd_limit_is_raised_toward_the_hard_limit_in_a_child() -> None:
+    """In a child process: raising the limit must not change this test process's."""
+    import multiprocessing
+    import resource
+
+    from gunicorn_fdpass.gunicorn_settings import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("no room above 256 descriptors")
+
+    def child(out: multiprocessing.queues.SimpleQueue[tuple[int, int, int]]) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        before, after = raise_fd_limit()
+        out.put((before, after, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.SimpleQueue()
+    proc = ctx.Process(target=child, args=(out,))
+    proc.start()
+    proc.join(10)
+    before, after, now = out.get()
+    assert before == 256 and after == now > 256
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "this many requests/s, latency measured from the intended send time")
     p.add_argument("--timeout", type=float, default=5.0, help="per-request timeout, s (5)")
     p.add_argument("--slow-clients", type=int, default=8,
-                   help="slow-clients: N silent and N half-sent connections held open (8)")
+                   help="slow-clients: N silent connections, N half-sent heads and N slow "
+                        "4 KB bodies held open (8)")
     p.add_argument("--slow-deadline", type=float, default=1.0,
                    help="slow-clients: an ordinary request counts if answered within this, s (1)")
     p.add_argument("--hol-slow-ms", type=int, default=250,

@@ -56,31 +56,61 @@ def run_keepalive(target: Target, options: Options) -> Measurement:
 # -- (b) slow clients ----------------------------------------------------------------------
 
 
+#: A slow body (slowhttptest -B): a 4 KB form body sent a few bytes at a time.
+SLOW_BODY_SIZE = 4096
+_SLOW_BODY_STEP = 8  # bytes per connection and tick
+_SLOW_BODY_TICK_S = 0.1
+
+
+def _slow_body_head(path: str) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {SLOW_BODY_SIZE}\r\n\r\n").encode("ascii")
+
+
+async def _dribble(writers: list[asyncio.StreamWriter]) -> None:
+    """Send each slow body a few bytes per tick, never its last byte (until cancelled)."""
+    sent = 0
+    while sent + _SLOW_BODY_STEP < SLOW_BODY_SIZE:
+        await asyncio.sleep(_SLOW_BODY_TICK_S)
+        for writer in writers:
+            if not writer.is_closing():
+                writer.write(b"x" * _SLOW_BODY_STEP)
+        sent += _SLOW_BODY_STEP
+
+
 async def _slow_clients(target: Target, options: Options
                         ) -> tuple[dict[str, Any], dict[int, int]]:
     held: list[asyncio.StreamWriter] = []
+    bodies: list[asyncio.StreamWriter] = []
     watchers: list[asyncio.Task[bytes]] = []
     half = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow-Client: "
     n = options.slow_clients
+    dribbler: asyncio.Task[None] | None = None
     try:
-        for i in range(2 * n):
+        for i in range(3 * n):
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", target.port), options.request_timeout_s)
-            if i % 2:
+            if i % 3 == 1:
                 writer.write(half)  # a request head that never ends
                 await writer.drain()
+            elif i % 3 == 2:
+                writer.write(_slow_body_head(options.path) + b"x" * _SLOW_BODY_STEP)
+                await writer.drain()
+                bodies.append(writer)  # a body that keeps coming, a few bytes at a time
             held.append(writer)
             # Completes if the server answers or closes the connection while we hold it.
             watchers.append(asyncio.create_task(reader.read(1)))
+        dribbler = asyncio.create_task(_dribble(bodies))
         probe = await loadgen.closed_loop(
             target.port, path=options.path, connections=options.slow_probe_clients,
             duration_s=options.duration_s, keep_alive=False, timeout_s=options.slow_deadline_s,
             finish_in_flight=True)
         closed_by_server = sum(1 for w in watchers if w.done())
     finally:
-        for task in watchers:
+        for task in [*watchers, *([dribbler] if dribbler else [])]:
             task.cancel()
-        for task in watchers:
+        for task in [*watchers, *([dribbler] if dribbler else [])]:
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await task
         for writer in held:
@@ -92,7 +122,7 @@ async def _slow_clients(target: Target, options: Options
     # An error page answered in time is not a request served: only expected statuses count.
     ok = count_expected(probe.statuses, options.expect)
     metrics.update(
-        silent=n, half_sent=n, held_open_at_end=2 * n - closed_by_server,
+        silent=n, half_sent=n, slow_bodies=n, held_open_at_end=3 * n - closed_by_server,
         closed_by_server=closed_by_server, deadline_s=options.slow_deadline_s,
         attempted=attempted, answered=answered, answered_ok=ok,
         timed_out=probe.errors.get("timeout", 0),
@@ -103,7 +133,8 @@ async def _slow_clients(target: Target, options: Options
 
 
 def run_slow_clients(target: Target, options: Options) -> Measurement:
-    """N silent and N half-sent connections held open while ordinary requests are timed.
+    """N silent connections, N half-sent heads and N slow bodies (a 4 KB form body, a few
+    bytes at a time: ``slowhttptest -B``) held open while ordinary requests are timed.
 
     An ordinary request counts as answered if its response arrived within the deadline
     (``--slow-deadline``) with an expected status; each probe client sends one request per

@@ -12,4 +12,6 @@ that come out, so another driver (an asyncio worker) can use it unchanged.
 - :mod:`.response`: the response's framing and output queue; :mod:`.serialize`: the one
   serializer of response heads (also the master's 408 and 503).
 - :mod:`.config`: the settings of all this; :mod:`.head`: the master's end-of-head scan.
+- :mod:`.arrival`: what a connection's first bytes mean while they wait in the master (wait,
+  hand over, wait for a small body, or answer at once).
 """

@@ -24,7 +24,7 @@ from gunicorn import sock as gunicorn_sock
 
 from .. import settings as fdpass_settings
 from ..errors import ConfigurationError
-from ..gunicorn_settings import dispatch_settings
+from ..gunicorn_settings import dispatch_settings, raise_fd_limit
 from .dispatcher import Dispatcher
 from .links import WorkerEnds
 from .report import Reporter
@@ -50,7 +50,16 @@ def install(arbiter: Any) -> Dispatcher:
     if existing is not None:
         return existing
     own = fdpass_settings.load()
+    before, after = raise_fd_limit()
+    if after != before:
+        arbiter.log.info("fdpass: raised the open-file limit (RLIMIT_NOFILE) from %d to %d: "
+                         "the master holds one file descriptor per client connection",
+                         before, after)
     dispatcher = Dispatcher(arbiter.log, dispatch_settings(arbiter.cfg, own))
+    arbiter.log.info("fdpass: the master holds at most %d connections (%s)",
+                     dispatcher.settings.max_connections,
+                     "FDPASS_MAX_CONNECTIONS" if own.max_connections else
+                     "from the open-file limit; set FDPASS_MAX_CONNECTIONS to change it")
     _ACTIVE = dispatcher
     _register_fork_hooks()
     _MasterLoop(arbiter, dispatcher, own).attach()

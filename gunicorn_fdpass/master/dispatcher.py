@@ -25,13 +25,15 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..http.request_rules import AddressAllowList
 from ..link import messages
 from ..link.board import WaitingBoard
 from .handoff import Handoff
 from .intake import Intake
+from .linger import Linger
 from .links import Links, WorkerEnds, WorkerLink
 from .loop import EventLoop
 from .scheduler import Scheduler
@@ -53,8 +55,9 @@ class DispatchSettings:
     head_timeout: float
     #: Connections waiting for a worker before the master stops accepting (back-pressure).
     max_queue: int
-    #: Connections the master holds at most (watched + queued); past it the oldest idle
-    #: parked connection is closed, or accepting pauses.
+    #: Connections the master holds at most (watched + queued); past it the oldest one whose
+    #: head is incomplete is answered 408 (then the oldest idle parked one, then the oldest
+    #: waiting for its body), or accepting pauses if none can go.
     max_connections: int
     #: Shed (answer 503) a request that would queue behind this many; 0: never.
     shed_queue: int = 0
@@ -69,6 +72,14 @@ class DispatchSettings:
     tls: bool = False
     #: ``Server`` header of the master's own answers (408, 503), as on every response.
     server_software: str = ""
+    #: A body of at most this many bytes waits in the master (0: none does).
+    body_buffer: int = 0
+    #: Seconds such a body may take once its head is there (0: ``head_timeout``).
+    body_timeout: float = 0.0
+    #: Gunicorn's ``proxy_protocol`` ("off", "v1", "v2", "auto") and ``proxy_allow_ips``:
+    #: the master reads a PROXY header too, to refuse a bad one at once.
+    proxy_protocol: str = "off"
+    proxy_allow: AddressAllowList = field(default_factory=lambda: AddressAllowList(["*"]))
 
 
 class Dispatcher:
@@ -86,8 +97,9 @@ class Dispatcher:
         self._scheduler: Scheduler[WorkerLink] = Scheduler()
         self.board = WaitingBoard()
         self.stats = {"accepted": 0, "dispatched": 0, "requeued": 0, "refused": 0, "shed": 0,
-                      "timed_out": 0, "evicted": 0}
-        self._table = ConnectionTable(self._loop, settings.head_timeout, settings.keepalive)
+                      "timed_out": 0, "evicted": 0, "rejected": 0}
+        self._table = ConnectionTable(self._loop, settings.head_timeout, settings.keepalive,
+                                      Linger(self._loop, clock), settings.body_timeout)
         self._handoff = Handoff(self._table, self._scheduler, settings, log, self.stats, clock)
         self._links = Links(self._loop, self._table, self._scheduler, self._handoff,
                             self.board, log, self.stats)
@@ -107,7 +119,7 @@ class Dispatcher:
     @settings.setter
     def settings(self, value: DispatchSettings) -> None:
         self._settings = value
-        self._table.set_timeouts(value.head_timeout, value.keepalive)
+        self._table.set_timeouts(value.head_timeout, value.keepalive, value.body_timeout)
         self._handoff.configure(value)
         self._intake.configure(value)
 
@@ -207,6 +219,8 @@ class Dispatcher:
             "queued": len(table.queue),
             "parked": len(table.idle) + len(table.started),
             "waiting_for_head": len(table.new),
+            "waiting_for_body": len(table.body),
+            "lingering": len(table.linger),
             "workers": len(scheduler),
             "busy": sum(scheduler.busy(link) for link in self._links.all) - reserves,
             "reserves": reserves,
@@ -234,7 +248,8 @@ class Dispatcher:
     def _next_deadline(self) -> float | None:
         table = self._table
         deadlines = [d for d in (table.new.next_deadline(), table.idle.next_deadline(),
-                                 table.started.next_deadline(),
+                                 table.started.next_deadline(), table.body.next_deadline(),
+                                 table.linger.next_deadline(),
                                  self._handoff.next_deadline()) if d is not None]
         if self._intake.paused_until:
             deadlines.append(self._intake.paused_until)

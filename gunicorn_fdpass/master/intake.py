@@ -1,10 +1,13 @@
-"""What comes in: the listeners, accept, waiting for a whole request head, back-pressure.
+"""What comes in: the listeners, accept, waiting for a whole request, back-pressure.
 
-A connection reaches a worker only once its whole request head has arrived, so silent and
-slow clients never occupy a worker: the master peeks (without consuming) until the head is
-complete, and times them out itself (408 if they started a request). When the queue or the
-number of connections the master holds reaches its bound, the listeners leave epoll and new
-clients wait in the kernel's backlog instead of in the master's memory.
+A connection reaches a worker only once its whole request head has arrived, and a small body
+too (``FDPASS_BODY_BUFFER``), so silent and slow clients never occupy a worker: the master
+peeks (without consuming) and asks :func:`~gunicorn_fdpass.http.arrival.classify` what the
+bytes mean, and times clients out itself (408 if they started a request). Bytes that cannot
+begin a request, a TLS ClientHello on a plain port and a bad or forbidden PROXY header are
+answered at once. When the master holds ``max_connections`` connections, the oldest one still
+sending its head makes room (408); only when nothing can go, or the queue is full, do the
+listeners leave epoll, so that new clients wait in the kernel's backlog instead.
 """
 
 from __future__ import annotations
@@ -14,10 +17,9 @@ import itertools
 import select
 import socket
 from collections.abc import Callable, Iterable
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Final
 
-from ..http.head import END_OF_HEAD, head_complete
+from ..http.arrival import READY, ArrivalRules, Kind, Verdict, classify
 from ..http.serialize import error_message
 from .handoff import Handoff
 from .loop import EventLoop
@@ -42,29 +44,31 @@ ACCEPT_BACKOFF: Final = 0.5
 
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
-_TLS_HANDSHAKE: Final = 0x16
+#: A TLS ClientHello on a plain port is logged at most once per this many seconds.
+TLS_WARNING_INTERVAL: Final = 60.0
+#: Receive buffers are raised for a body the master waits for when it needs more than this.
+_DEFAULT_RCVBUF: Final = 32 * 1024
 #: The client closed its side or the connection failed: a head in progress cannot complete.
 _HUNG_UP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+#: ... and cannot even be answered (reset, or closed both ways).
+_BROKEN: Final = select.EPOLLHUP | select.EPOLLERR
 _PARKED_IDLE: Final = ConnState.PARKED_IDLE
-
-
-class _Verdict(Enum):
-    READY = 1  # a whole request head (or enough bytes for the worker to refuse it)
-    WAIT = 2  # nothing yet
-    STARTED = 3  # a head in progress
-    GONE = 4  # the client hung up or the socket failed
-
-
-_READY: Final = _Verdict.READY
-_GONE: Final = _Verdict.GONE
+_WAITING_FOR_BODY: Final = ConnState.WAITING_FOR_BODY
+_READY: Final = Kind.READY
+_PARTIAL: Final = Kind.PARTIAL
+_EMPTY: Final = Kind.EMPTY
+_BODY: Final = Kind.BODY
+#: What :meth:`Intake._inspect` says when the client hung up or the socket failed.
+_GONE: Final = Verdict(Kind.EMPTY, -1)
+_NOTHING: Final = Verdict(Kind.EMPTY)
 
 
 class Intake:
     """Accepts connections and watches them until their request head is complete."""
 
     __slots__ = ("_accepting", "_clock", "_closing", "_handoff", "_ids", "_listener_fds",
-                 "_listeners", "_loop", "_max_peek", "_out_of_fds", "_peek_buf", "_settings",
-                 "_stats", "_table", "log", "paused_until")
+                 "_listeners", "_loop", "_max_peek", "_out_of_fds", "_peek_buf", "_rules",
+                 "_settings", "_stats", "_table", "_tls_warned", "log", "paused_until")
 
     def __init__(self, loop: EventLoop, table: ConnectionTable, handoff: Handoff,
                  settings: DispatchSettings, log: Any, stats: dict[str, int],
@@ -85,14 +89,20 @@ class Intake:
         self._ids = itertools.count(1)
         self._peek_buf = bytearray(0)
         self._max_peek = 0
+        self._tls_warned = -TLS_WARNING_INTERVAL
+        self._rules = ArrivalRules()
         self.configure(settings)
 
     def configure(self, settings: DispatchSettings) -> None:
         """Use new settings from now on (the peek buffer is reused while its size holds)."""
         self._settings = settings
         self._max_peek = min(settings.max_head, MAX_PEEK)
-        if len(self._peek_buf) != self._max_peek + 1:
-            self._peek_buf = bytearray(self._max_peek + 1)
+        self._rules = ArrivalRules(max_head=self._max_peek, body_buffer=settings.body_buffer,
+                                   proxy_protocol=settings.proxy_protocol, tls=settings.tls)
+        # A whole head and a whole body fit; one byte more tells that more was sent.
+        size = self._max_peek + settings.body_buffer + 1
+        if len(self._peek_buf) != size:
+            self._peek_buf = bytearray(size)
 
     @property
     def peek_buffer_size(self) -> int:
@@ -145,13 +155,17 @@ class Intake:
         table = self._table
         for conn in table.idle.expired(now):
             table.close(conn)
-        server = self._settings.server_software
-        for timer in (table.new, table.started):
+        for timer in (table.new, table.started, table.body):
             for conn in timer.expired(now):
                 self._stats["timed_out"] += 1
-                # A client cut off in the middle of a request is told why.
-                answer = error_message(408, server).data if conn.has_bytes() else None
-                table.close(conn, answer)
+                self._time_out(conn)
+        table.linger.expire(now)
+
+    def _time_out(self, conn: ClientConnection) -> None:
+        # A client cut off in the middle of a request is told why.
+        server = self._settings.server_software
+        answer = error_message(408, server).data if conn.has_bytes() else None
+        self._table.close(conn, answer)
 
     def on_listener(self, listener: socket.socket, _: int) -> None:
         """A listener is readable: accept a batch of connections."""
@@ -161,7 +175,7 @@ class Intake:
                 self._pause_accepting()
                 return
             try:
-                sock, _addr = listener.accept()
+                sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -174,29 +188,85 @@ class Intake:
             if self._out_of_fds:
                 self._out_of_fds = False
                 self.log.warning("accept() works again")
+            self._make_room()
             self._stats["accepted"] += 1
             conn = ClientConnection(next(self._ids), sock)
+            if self._settings.proxy_protocol != "off":
+                conn.proxy_ok = self._settings.proxy_allow.allows(addr)
             verdict = self._inspect(conn)  # the request is often there already
-            if verdict is _READY:
+            kind = verdict.kind
+            if kind is _READY:
                 self._handoff.enqueue(conn, self._clock())
-            elif verdict is not _GONE:
+            elif verdict is _GONE:
+                self._table.close(conn)
+            elif kind is _EMPTY or kind is _PARTIAL:
                 self._table.wait_for_head(conn, self._clock())
             else:
-                self._table.close(conn)
+                self._act(conn, verdict)
 
     def on_client(self, conn: ClientConnection, events: int) -> None:
-        """A watched connection has an event: is its head complete now?"""
+        """A watched connection has an event: is its request complete now?"""
         verdict = self._inspect(conn)
-        if verdict is _GONE or (verdict is not _READY and events & _HUNG_UP):
-            # A peek keeps returning the unread partial head, so it cannot see that the
-            # client closed or reset meanwhile; epoll's hang-up flags can.
-            self._table.close(conn)
-        elif verdict is _READY:
+        kind = verdict.kind
+        if kind is _READY:
             self._handoff.enqueue(conn, self._clock())
-        elif verdict is _Verdict.STARTED and conn.state is _PARKED_IDLE:
-            self._table.head_began(conn, self._clock())
+        elif verdict is _GONE or (events & _HUNG_UP and kind is not Kind.REFUSE
+                                  and kind is not Kind.TLS):
+            # A peek keeps returning the unread partial request, so it cannot see that the
+            # client closed or reset meanwhile; epoll's hang-up flags can.
+            if kind is _BODY and not events & _BROKEN:
+                # It shut its side in the middle of a body: the worker reads what came and
+                # answers it as it did before bodies waited here.
+                self._handoff.enqueue(conn, self._clock())
+            else:
+                self._table.close(conn)
+        elif kind is _PARTIAL:
+            if conn.state is _PARKED_IDLE:
+                self._table.head_began(conn, self._clock())
+        elif kind is not _EMPTY:
+            self._act(conn, verdict)
 
-    def _inspect(self, conn: ClientConnection) -> _Verdict:
+    def _act(self, conn: ClientConnection, verdict: Verdict) -> None:
+        """A body on its way, or bytes to refuse at once."""
+        if verdict.kind is _BODY:
+            if conn.state is not _WAITING_FOR_BODY:
+                if self._fit_body(conn, verdict.value):
+                    self._table.wait_for_body(conn, self._clock())
+                else:
+                    self._handoff.enqueue(conn, self._clock())  # as before: the worker reads it
+            return
+        self._stats["rejected"] += 1
+        if verdict.kind is Kind.TLS:
+            now = self._clock()
+            if now - self._tls_warned >= TLS_WARNING_INTERVAL:
+                self._tls_warned = now
+                self.log.warning(
+                    "TLS handshake from %s on a plain-HTTP port (a client using https:// "
+                    "with an http:// address?); answered 400%s", _peer(conn.sock),
+                    f" (next such warning in {TLS_WARNING_INTERVAL:g}s at the earliest)")
+        else:
+            self.log.warning("Invalid request from %s: %s", _peer(conn.sock), verdict.reason)
+        answer = error_message(verdict.value, self._settings.server_software).data
+        self._table.close(conn, answer)
+
+    def _fit_body(self, conn: ClientConnection, need: int) -> bool:
+        """Make the socket's receive buffer hold the whole request, without reading any of
+        it; False if the kernel does not allow a buffer that large."""
+        if not need:  # chunked: its size is not known, its bound is
+            need = self._max_peek + self._settings.body_buffer
+        if need <= _DEFAULT_RCVBUF:
+            return True
+        sock = conn.sock
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 >= need:
+                return True
+            # Linux doubles what it is given (bookkeeping) and caps it at net.core.rmem_max.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * need)
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 >= need
+        except OSError:
+            return False
+
+    def _inspect(self, conn: ClientConnection) -> Verdict:
         """Look at what the client sent so far, without consuming it."""
         buf = self._peek_buf
         try:
@@ -208,29 +278,47 @@ class Intake:
         if n == 0:
             return _GONE  # end of file: the client hung up
         if n < 0 and not conn.prefix:
-            return _Verdict.WAIT
-        if self._settings.tls:
-            return _READY if _tls_record_complete(buf, n) else _Verdict.STARTED
+            return _NOTHING
+        if n == len(buf):
+            return READY  # more than the master waits for: the worker reads on
         if conn.prefix:
             data = conn.prefix + (bytes(buf[:n]) if n > 0 else b"")
-            done = head_complete(data) or len(data) > self._max_peek
-        else:
-            done = n > self._max_peek or END_OF_HEAD.search(buf, 0, n) is not None
-        return _READY if done else _Verdict.STARTED
+            return classify(data, len(data), self._rules, conn.proxy_ok)
+        return classify(buf, n, self._rules, conn.proxy_ok)
 
     def _room_for_one_more(self) -> bool:
+        """True if one more connection may be accepted (maybe by evicting one: see
+        :meth:`_make_room`, called once a connection was actually accepted)."""
         table = self._table
         settings = self._settings
         if len(table.queue) >= settings.max_queue:
             return False
         if len(table.queue) + len(table.watched) < settings.max_connections:
             return True
-        oldest_idle = table.idle.oldest()
-        if oldest_idle is None:
-            return False
-        self._stats["evicted"] += 1  # worker_connections reached: the longest idle one goes
-        table.close(oldest_idle)
-        return True
+        return self._evictable() is not None
+
+    def _evictable(self) -> ClientConnection | None:
+        """Who makes room at max_connections: the oldest connection still sending its head,
+        then the longest idle parked one, then the oldest still sending a small body."""
+        table = self._table
+        for timer in (table.new, table.started, table.idle, table.body):
+            oldest = timer.oldest()
+            if oldest is not None:
+                return oldest
+        return None
+
+    def _make_room(self) -> None:
+        table = self._table
+        if len(table.queue) + len(table.watched) < self._settings.max_connections:
+            return
+        oldest = self._evictable()
+        if oldest is None:
+            return
+        self._stats["evicted"] += 1
+        if oldest.state is _PARKED_IDLE:
+            table.close(oldest)
+        else:
+            self._time_out(oldest)  # 408 if it had begun a request
 
     def _out_of_fds_now(self, exc: OSError) -> None:
         if not self._out_of_fds:
@@ -258,14 +346,9 @@ class Intake:
             self._loop.unwatch_closed(fd)
 
 
-def _tls_record_complete(buf: bytearray, n: int) -> bool:
-    """True once the first TLS record (the ClientHello) has fully arrived.
-
-    Anything that is not a TLS handshake record is handed over at once: the worker's TLS
-    layer refuses it with a proper alert.
-    """
-    if n <= 0:
-        return False
-    if buf[0] != _TLS_HANDSHAKE:
-        return True
-    return n >= 5 and n >= 5 + int.from_bytes(buf[3:5], "big")
+def _peer(sock: socket.socket) -> object:
+    """The client's address, for a log line."""
+    try:
+        return sock.getpeername()
+    except OSError:
+        return "?"

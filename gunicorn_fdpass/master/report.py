@@ -16,11 +16,16 @@ from typing import Any, Final
 from gunicorn.instrument.statsd import Statsd
 
 #: Numbers that describe the moment (statsd gauges). ``busy`` counts slots serving a
-#: connection; ``reserves`` connections waiting unread at a busy single-slot worker.
+#: connection; ``reserves`` connections waiting unread at a busy single-slot worker;
+#: ``waiting_for_body`` requests whose small body is still arriving; ``lingering`` answered
+#: connections the master reads and drops input from before closing them.
 GAUGES: Final = ("queued", "parked", "waiting_for_head", "busy", "reserves", "workers",
-                 "queue_wait_max_ms")
+                 "queue_wait_max_ms", "waiting_for_body", "lingering")
 #: Totals since the start; statsd and the log get what was added since the last report.
-COUNTERS: Final = ("accepted", "dispatched", "shed", "timed_out", "requeued", "evicted")
+#: ``rejected``: answered by the master at once (bytes that cannot begin a request, a TLS
+#: handshake on a plain port, a bad or forbidden PROXY header).
+COUNTERS: Final = ("accepted", "dispatched", "shed", "timed_out", "requeued", "evicted",
+                   "rejected")
 
 
 class Reporter:

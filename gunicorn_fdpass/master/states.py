@@ -10,14 +10,19 @@ one place. Anything else is a bug in the master: :func:`advance` raises
 
     state             event            next state        what happened
     NEW               HEAD_PENDING     WAITING_FOR_HEAD  accepted; its head is not all there
-    NEW               HEAD_READY       QUEUED            accepted with its whole head there,
+    NEW               HEAD_READY       QUEUED            accepted with its whole request there,
                                                          or handed back with a whole request
+    NEW               BODY_PENDING     WAITING_FOR_BODY  accepted with its head; a body of at most
+                                                         FDPASS_BODY_BUFFER bytes is on its way
     NEW               PARKED           PARKED_IDLE       a worker handed it back idle
     NEW               PARKED_PARTIAL   PARKED_STARTED    ... with part of the next head read
-    WAITING_FOR_HEAD  HEAD_READY       QUEUED            the head arrived
+    WAITING_FOR_HEAD  HEAD_READY       QUEUED            the head arrived (and its body, if any)
+    WAITING_FOR_HEAD  BODY_PENDING     WAITING_FOR_BODY  the head arrived, its body has not
+    WAITING_FOR_BODY  HEAD_READY       QUEUED            the rest of the body arrived
     PARKED_IDLE       NEXT_HEAD_BEGAN  PARKED_STARTED    the next request's first bytes came
     PARKED_IDLE       HEAD_READY       QUEUED            the whole next head came at once
     PARKED_STARTED    HEAD_READY       QUEUED            the rest of the next head arrived
+    PARKED_*          BODY_PENDING     WAITING_FOR_BODY  the next head arrived, its body has not
     QUEUED            SENT             HANDED_OUT        put into a worker's inbox
     HANDED_OUT        TAKEN_BACK       QUEUED            still unread in the inbox and taken
                                                          back (a reserve moves, the worker
@@ -26,13 +31,17 @@ one place. Anything else is a bug in the master: :func:`advance` raises
     HANDED_OUT        TAKEN            CLOSED            the worker confirmed: it owns the
                                                          connection, the master closes its copy
     any but CLOSED    DROPPED          CLOSED            hang-up, timeout (408), shed (503),
-                                                         eviction, refused too often, shutdown
+                                                         eviction, refused too often, shutdown,
+                                                         bytes refused at once (400, 403)
 
-While it waits for bytes (WAITING_FOR_HEAD, PARKED_*) a connection is watched by epoll and has
-a timer; QUEUED ones are in the master's FIFO queue; HANDED_OUT ones are in a worker link's
-``untaken`` map (the master keeps its copy until ``Taken``, so a worker that dies first loses
-nothing). :class:`~gunicorn_fdpass.master.table.ConnectionTable` is the one owner that moves
-connections between those places, always together with the state.
+HEAD_READY means "ready for a worker": the whole head, and the whole body too when it is small
+enough to wait for in the master (:mod:`~gunicorn_fdpass.http.arrival` decides).
+
+While it waits for bytes (WAITING_FOR_HEAD, WAITING_FOR_BODY, PARKED_*) a connection is watched
+by epoll and has a timer; QUEUED ones are in the master's FIFO queue; HANDED_OUT ones are in a
+worker link's ``untaken`` map (the master keeps its copy until ``Taken``, so a worker that dies
+first loses nothing). :class:`~gunicorn_fdpass.master.table.ConnectionTable` is the one owner
+that moves connections between those places, always together with the state.
 
 Cost: the master's per-connection CPU is the project's bottleneck, so a transition is two
 tuple indexings and one attribute write, and the state lives in a ``__slots__`` attribute.
@@ -57,6 +66,8 @@ class ConnState(IntEnum):
     QUEUED = 4  # in the master's queue, waiting for a worker
     HANDED_OUT = 5  # sent to a worker, not confirmed yet (maybe still unread in its inbox)
     CLOSED = 6  # the master holds it no more (closed, answered, or the worker's now)
+    # Last, so that the values stay the positions the transition table is indexed by.
+    WAITING_FOR_BODY = 7  # watched: its head is here, a small body is still on its way
 
 
 class Event(IntEnum):
@@ -71,6 +82,7 @@ class Event(IntEnum):
     TAKEN_BACK = 6
     TAKEN = 7
     DROPPED = 8
+    BODY_PENDING = 9
 
 
 _S = ConnState
@@ -82,13 +94,19 @@ TRANSITIONS: Final[dict[tuple[ConnState, Event], ConnState]] = {
     (_S.NEW, _E.HEAD_READY): _S.QUEUED,
     (_S.NEW, _E.PARKED): _S.PARKED_IDLE,
     (_S.NEW, _E.PARKED_PARTIAL): _S.PARKED_STARTED,
+    (_S.NEW, _E.BODY_PENDING): _S.WAITING_FOR_BODY,
     (_S.NEW, _E.DROPPED): _S.CLOSED,
     (_S.WAITING_FOR_HEAD, _E.HEAD_READY): _S.QUEUED,
+    (_S.WAITING_FOR_HEAD, _E.BODY_PENDING): _S.WAITING_FOR_BODY,
     (_S.WAITING_FOR_HEAD, _E.DROPPED): _S.CLOSED,
+    (_S.WAITING_FOR_BODY, _E.HEAD_READY): _S.QUEUED,
+    (_S.WAITING_FOR_BODY, _E.DROPPED): _S.CLOSED,
     (_S.PARKED_IDLE, _E.NEXT_HEAD_BEGAN): _S.PARKED_STARTED,
     (_S.PARKED_IDLE, _E.HEAD_READY): _S.QUEUED,
+    (_S.PARKED_IDLE, _E.BODY_PENDING): _S.WAITING_FOR_BODY,
     (_S.PARKED_IDLE, _E.DROPPED): _S.CLOSED,
     (_S.PARKED_STARTED, _E.HEAD_READY): _S.QUEUED,
+    (_S.PARKED_STARTED, _E.BODY_PENDING): _S.WAITING_FOR_BODY,
     (_S.PARKED_STARTED, _E.DROPPED): _S.CLOSED,
     (_S.QUEUED, _E.SENT): _S.HANDED_OUT,
     (_S.QUEUED, _E.DROPPED): _S.CLOSED,
@@ -104,7 +122,13 @@ _NEXT: Final[tuple[tuple[ConnState | None, ...], ...]] = tuple(
 )
 
 #: The states in which a connection waits for bytes: watched by epoll, with a timer.
-WATCHED_STATES: Final = frozenset({_S.WAITING_FOR_HEAD, _S.PARKED_IDLE, _S.PARKED_STARTED})
+WATCHED_STATES: Final = frozenset({_S.WAITING_FOR_HEAD, _S.WAITING_FOR_BODY, _S.PARKED_IDLE,
+                                   _S.PARKED_STARTED})
+
+
+#: Most bytes the master reads and drops from a connection it closes (see
+#: :meth:`ClientConnection.discard_input`).
+MAX_DISCARD: Final = 256 * 1024
 
 
 class TransitionError(FdpassError):
@@ -114,7 +138,8 @@ class TransitionError(FdpassError):
 class ClientConnection:
     """The master's record of one client connection while the master holds it."""
 
-    __slots__ = ("conn_id", "prefix", "refusals", "refused_by", "since", "sock", "state")
+    __slots__ = ("conn_id", "prefix", "proxy_ok", "refusals", "refused_by", "since", "sock",
+                 "state")
 
     def __init__(self, conn_id: int, sock: socket.socket, prefix: bytes = b"") -> None:
         self.conn_id = conn_id
@@ -127,6 +152,8 @@ class ClientConnection:
         #: When it entered its current timer, the queue, or a worker's inbox.
         self.since = 0.0
         self.state = ConnState.NEW
+        #: The peer may send a PROXY header (it is in ``proxy_allow_ips``).
+        self.proxy_ok = True
 
     def has_bytes(self) -> bool:
         """True if the client sent anything not yet consumed (a request under way)."""
@@ -137,22 +164,36 @@ class ClientConnection:
         except OSError:
             return False
 
-    def answer_and_close(self, answer: bytes) -> None:
-        """Answer from the master itself (408, 503) and close, without ever blocking."""
+    def discard_input(self) -> bool:
+        """Read and drop what the client sent that nobody will read, without blocking (at
+        most :data:`MAX_DISCARD` bytes). Closing a socket with unread bytes makes the kernel
+        send a reset, which can destroy an answer still in flight; after this, the close is
+        an orderly FIN. Returns True if the client's side is still open (no EOF seen)."""
         sock = self.sock
+        total = 0
         try:
-            # Consume what the client sent: closing with unread bytes would send a reset that
-            # can destroy the answer before the client reads it.
-            while sock.recv(65536, socket.MSG_DONTWAIT):
-                pass
+            while total < MAX_DISCARD:
+                data = sock.recv(65536, socket.MSG_DONTWAIT)
+                if not data:
+                    return False
+                total += len(data)
+        except BlockingIOError:
+            return True
         except OSError:
-            pass
+            return False
+        return True
+
+    def answer(self, answer: bytes) -> bool:
+        """Send the master's own answer (408, 503, 400...) and shut the sending side, never
+        blocking. Returns True if the socket should linger (the client may still send)."""
+        open_ = self.discard_input()
+        sock = self.sock
         try:
             sock.send(answer, socket.MSG_DONTWAIT)
             sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
-        sock.close()
+            return False
+        return open_
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.conn_id} {self.state.name}>"

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import itertools
 import select
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from .linger import Linger
 from .loop import EventLoop, Handler
 from .states import WATCHED_STATES, ClientConnection, ConnState, Event, advance
 from .timers import Timeouts
@@ -28,6 +30,7 @@ _HANDED_OUT: Final = ConnState.HANDED_OUT
 # Module constants: an enum class attribute costs a lookup on every use.
 _HEAD_PENDING: Final = Event.HEAD_PENDING
 _HEAD_READY: Final = Event.HEAD_READY
+_BODY_PENDING: Final = Event.BODY_PENDING
 _PARKED: Final = Event.PARKED
 _PARKED_PARTIAL: Final = Event.PARKED_PARTIAL
 _NEXT_HEAD_BEGAN: Final = Event.NEXT_HEAD_BEGAN
@@ -44,11 +47,14 @@ def _no_handler(_: Any, __: int) -> None:
 class ConnectionTable:
     """Every client connection the master holds, by state (see the module docstring)."""
 
-    __slots__ = ("_loop", "_timers", "idle", "new", "on_client", "queue", "started",
-                 "watched")
+    __slots__ = ("_loop", "_timers", "body", "idle", "linger", "new", "on_client", "queue",
+                 "started", "watched")
 
-    def __init__(self, loop: EventLoop, head_timeout: float, keepalive: float) -> None:
+    def __init__(self, loop: EventLoop, head_timeout: float, keepalive: float,
+                 linger: Linger | None = None, body_timeout: float = 0.0) -> None:
         self._loop = loop
+        #: Answered connections on their way out (no longer in any state: CLOSED).
+        self.linger = linger if linger is not None else Linger(loop, time.monotonic)
         #: QUEUED, oldest first.
         self.queue: deque[ClientConnection] = deque()
         #: fd -> connection, for the watched states (WAITING_FOR_HEAD, PARKED_*).
@@ -56,17 +62,21 @@ class ConnectionTable:
         self.new = Timeouts(head_timeout)  # WAITING_FOR_HEAD
         self.idle = Timeouts(keepalive)  # PARKED_IDLE
         self.started = Timeouts(head_timeout)  # PARKED_STARTED
+        self.body = Timeouts(body_timeout or head_timeout)  # WAITING_FOR_BODY
         # The timer of each state, indexed by the state (None: not watched).
         self._timers: tuple[Timeouts | None, ...] = tuple(
             {ConnState.WAITING_FOR_HEAD: self.new, ConnState.PARKED_IDLE: self.idle,
-             ConnState.PARKED_STARTED: self.started}.get(state) for state in ConnState)
+             ConnState.PARKED_STARTED: self.started,
+             ConnState.WAITING_FOR_BODY: self.body}.get(state) for state in ConnState)
         #: Called with (connection, epoll mask) when a watched connection has an event.
         self.on_client: Handler = _no_handler
 
-    def set_timeouts(self, head_timeout: float, keepalive: float) -> None:
-        """New settings: applies to running timers too."""
+    def set_timeouts(self, head_timeout: float, keepalive: float,
+                     body_timeout: float = 0.0) -> None:
+        """New settings: applies to running timers too (a body timeout of 0: the head's)."""
         self.new.timeout = self.started.timeout = head_timeout
         self.idle.timeout = keepalive
+        self.body.timeout = body_timeout or head_timeout
 
     # -- into a watched state --------------------------------------------------------------
 
@@ -89,6 +99,16 @@ class ConnectionTable:
         advance(conn, _NEXT_HEAD_BEGAN)
         self.idle.remove(conn)
         self.started.add(conn, now)
+
+    def wait_for_body(self, conn: ClientConnection, now: float) -> None:
+        """NEW / WAITING_FOR_HEAD / PARKED_* -> WAITING_FOR_BODY: the head is here, a small
+        body is on its way; its own timer starts now."""
+        timer = self._timers[advance(conn, _BODY_PENDING)]
+        if timer is None:
+            self._watch(conn, self.body, now)
+        else:
+            timer.remove(conn)
+            self.body.add(conn, now)
 
     # -- the queue and the workers ---------------------------------------------------------
 
@@ -154,9 +174,14 @@ class ConnectionTable:
                 raise ValueError("closing a handed-out connection needs its worker link")
             del link.untaken[conn.conn_id]
         if answer is None:
+            # Unread bytes would turn the close into a reset (a client that sent half a
+            # head and shut its side must see FIN, not RST).
+            conn.discard_input()
             conn.sock.close()
+        elif conn.answer(answer):
+            self.linger.add(conn.sock)  # it may still be sending: read and drop it a while
         else:
-            conn.answer_and_close(answer)
+            conn.sock.close()
 
     def close_all(self, links: Sequence[WorkerLink], *, in_child: bool) -> None:
         """Close every connection (master shutdown, or a freshly forked child's copies).
@@ -175,10 +200,11 @@ class ConnectionTable:
             conn.sock.close()
         self.queue.clear()
         self.watched.clear()
-        for timer in (self.new, self.idle, self.started):
+        for timer in (self.new, self.idle, self.started, self.body):
             timer.clear()
         for link in links:
             link.untaken.clear()
+        self.linger.close_all(in_child=in_child)
 
     def audit(self, links: Sequence[WorkerLink]) -> None:
         """Check that every connection is where its state says (for tests; O(n))."""
@@ -194,7 +220,7 @@ class ConnectionTable:
             timer = self._timers[conn.state]
             if timer is None or conn not in timer:
                 raise AssertionError(f"{conn!r} is watched without its timer")
-        timed = len(self.new) + len(self.idle) + len(self.started)
+        timed = len(self.new) + len(self.idle) + len(self.started) + len(self.body)
         if timed != len(self.watched):
             raise AssertionError(f"{timed} timers for {len(self.watched)} watched connections")
 

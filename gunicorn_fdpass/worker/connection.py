@@ -41,7 +41,7 @@ from ..http.serialize import error_message
 from ..wsgi import Address, WSGIApp
 from .api import Closed, Idle, RequestBodyError, RequestHooks, RequestInfo
 from .cycle import RequestCycle
-from .transport import RECV_SIZE, ClientGone, Transport
+from .transport import LINGER_SECONDS, RECV_SIZE, ClientGone, Transport
 
 __all__ = [
     "After",
@@ -107,6 +107,9 @@ class ConnectionLoop:
         self.buf = bytearray()  # received, not yet part of a request
         self.eof = False  # the client shut its sending side
         self.proxy: ProxyInfo | None = None
+        # The client may still be sending when the connection ends (an error answer, or a
+        # request body left unread): the close then lingers (Transport.finish).
+        self.linger = False
 
     def run(self, prefix: bytes) -> Closed | Idle:
         """Serve requests until the connection ends or goes back to the master."""
@@ -124,8 +127,10 @@ class ConnectionLoop:
             if not isinstance(got, tuple):
                 return got
             served += 1
-            fate = RequestCycle(self, *got).run(served)
+            cycle = RequestCycle(self, *got)
+            fate = cycle.run(served)
             if fate is Next.CLOSE:
+                self.linger = self.linger or not cycle.reader.body.done
                 return self.close()
             if fate is Next.HAND_BACK:
                 return self._idle()
@@ -140,7 +145,8 @@ class ConnectionLoop:
 
     def close(self) -> Closed:
         """End the connection (unless already aborted); the caller closes the fd."""
-        self.transport.finish(client_done=self.eof)
+        self.transport.finish(client_done=self.eof,
+                              linger=LINGER_SECONDS if self.linger else 0.0)
         return Closed()
 
     def _read_proxy_header(self) -> bool:
@@ -170,7 +176,9 @@ class ConnectionLoop:
         except TimeoutError:
             self.log.debug("Timed out waiting for %s from %s", what, self.client_addr)
             if self.buf:
-                self.send_error(408)  # it had started: tell the client why we hang up
+                # It had started: tell the client why we hang up (no lingering for a client
+                # that was not sending anyway).
+                self.send_error(408, linger=False)
             return False
         except OSError as exc:
             self.log.debug("Error reading from %s: %s", self.client_addr, exc)
@@ -211,9 +219,11 @@ class ConnectionLoop:
         self.log.warning("Invalid request from %s: %s", self.client_addr, exc.reason)
         self.send_error(exc.status_hint)
 
-    def send_error(self, status_code: int) -> None:
+    def send_error(self, status_code: int, linger: bool = True) -> None:
         """Answer a request that could not be served (refused, timed out), before any response
-        to it began; the connection then ends."""
+        to it began; the connection then ends (lingering, unless told not to: the client may
+        still be sending the request)."""
+        self.linger = linger
         self.send_quietly(error_message(status_code, self.config.server_software).data)
 
     def send_quietly(self, data: bytes) -> bool:

@@ -6,17 +6,22 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import IO, Final, ParamSpec, TypeVar, cast
 
 from ..errors import FdpassError
 
-__all__ = ["RECV_SIZE", "ClientGone", "Transport"]
+__all__ = ["LINGER_SECONDS", "RECV_SIZE", "ClientGone", "Transport"]
 
 RECV_SIZE: Final = 64 * 1024
 # Bytes the client sent that we will never read, discarded before closing: closing a socket
 # with unread data makes the kernel send RST, which can destroy the response still in flight.
 _MAX_DISCARD: Final = 256 * 1024
+#: After an error answer, or with a request body left unread, the client may still be
+#: sending: the worker waits this long at most for it to stop (lingering close), reading
+#: and dropping what comes, so that its close is a FIN and not a reset.
+LINGER_SECONDS: Final = 1.0
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -80,10 +85,12 @@ class Transport:
         except OSError:
             pass
 
-    def finish(self, client_done: bool) -> None:
+    def finish(self, client_done: bool, linger: float = 0.0) -> None:
         """End the connection in order: shut our sending side, then (unless ``client_done``,
         it sent EOF) discard a bounded amount of what the client still sends, so that closing
-        does not reset the connection under the last response."""
+        does not reset the connection under the last response. With ``linger``, wait up to
+        that many seconds for the client to stop sending (its EOF); else only drop what is
+        readable now."""
         if self.shut:
             return
         self.shut = True
@@ -93,12 +100,25 @@ class Transport:
             return
         if not self.plain or client_done:
             return
+        deadline = time.monotonic() + linger
         total = 0
         try:
-            while total < _MAX_DISCARD and self.readable_now():
+            while total < _MAX_DISCARD and self._readable_by(deadline):
                 data = self.sock.recv(RECV_SIZE)
                 if not data:
                     return
                 total += len(data)
         except OSError:
             return
+
+    def _readable_by(self, deadline: float) -> bool:
+        """True if a recv() would not block now or becomes possible before ``deadline``."""
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            return self.readable_now()
+        try:
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            return bool(poller.poll(wait * 1000))
+        except (OSError, ValueError):
+            return True  # let recv() report the problem

@@ -492,7 +492,7 @@ def test_every_scenario_with_the_builtin_generator(tmp_path: Path) -> None:
         assert sum(fair["per_worker"].values()) == fair["requests"]
         assert 0.5 <= fair["jain"] <= 1.0
         slow = by(doc, "slow-clients", label)
-        assert (slow["silent"], slow["half_sent"]) == (2, 2)
+        assert (slow["silent"], slow["half_sent"], slow["slow_bodies"]) == (2, 2, 2)
         assert slow["attempted"] == slow["answered"] + slow["timed_out"] > 0
         hol = by(doc, "hol", label)
         assert hol["requests"] + sum(hol["errors"].values()) + hol["late"] == int(40 * 0.6 * 0.9)

@@ -246,12 +246,14 @@ def test_tls_is_served_closed_after_each_response_and_idle_tls_costs_no_worker(
 
 def test_slow_request_body_holds_a_worker_only_until_the_io_timeout(make_server,
                                                                      stats_path: Path) -> None:
-    """What still occupies a worker: a body that stops arriving. FDPASS_IO_TIMEOUT bounds it."""
+    """What still occupies a worker: a body larger than FDPASS_BODY_BUFFER (smaller ones wait
+    in the master) that stops arriving. FDPASS_IO_TIMEOUT bounds it."""
     srv: GunicornServer = make_server(workers=1, env={"FDPASS_IO_TIMEOUT": "2",
                                                       "FDPASS_STATS_FILE": str(stats_path)})
     with srv.connect() as stalled:
         sent_at = time.time()
-        stalled.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        stalled.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+                     + b"x" * 10)
         # The stalled upload holds the only worker slot (as the master reports it)...
         wait_stats(stats_path, lambda s: s["busy"] == 1, after=sent_at)
         start = time.monotonic()

@@ -407,21 +407,56 @@ def test_silent_connection_is_closed_and_partial_head_gets_408() -> None:
         rig.close()
 
 
-def test_worker_connections_cap_evicts_the_oldest_idle_parked_connection() -> None:
-    rig = Rig(max_connections=2)
+def test_connection_cap_evicts_the_oldest_incomplete_head_with_408_then_the_oldest_idle() -> None:
+    """At max_connections the master makes room instead of pausing accept: first the oldest
+    connection whose head is incomplete (408 if it had begun one), then the longest idle
+    parked one. (Before issue 13 only idle parked ones could go, and accepting paused.)"""
+    rig = Rig(max_connections=3)
     try:
         w = rig.worker(capacity=1)
         first = rig.connect()
         take_and_park(w, rig)
         rig.spin()
         assert rig.dispatcher.counts()["parked"] == 1
-        rig.connect(send=b"")  # holds slot 2
+        slow = rig.connect(send=b"GET / HTTP/1.1\r\n")  # slot 2: half a head
+        rig.spin()
+        silent = rig.connect(send=b"")  # slot 3: nothing yet
+        rig.spin()
+        rig.connect(send=b"")  # over the cap: the slow head makes room, told why
+        rig.spin()
+        slow.settimeout(2)
+        answer = slow.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert_full_head(answer)
+        assert slow.recv(1) == b""  # FIN after the answer
+        rig.connect(send=b"")  # over the cap again: the silent one (older) goes, no answer
+        rig.spin()
+        silent.settimeout(2)
+        assert silent.recv(1) == b""
+        counts = rig.dispatcher.counts()
+        assert (counts["evicted"], counts["parked"], counts["waiting_for_head"]) == (2, 1, 2)
+        assert counts["timed_out"] == 0  # evicted, not timed out
+        first.setblocking(False)
+        with pytest.raises(BlockingIOError):  # the idle parked one is still open
+            first.recv(1)
+    finally:
+        rig.close()
+
+
+def test_connection_cap_evicts_the_oldest_idle_parked_connection_when_no_head_waits() -> None:
+    rig = Rig(max_connections=1)
+    try:
+        w = rig.worker(capacity=1)
+        first = rig.connect()
+        take_and_park(w, rig)
+        rig.spin()
+        assert rig.dispatcher.counts()["parked"] == 1
         rig.connect(send=b"")  # over the cap: the idle parked one makes room
         rig.spin()
         first.settimeout(2)
         assert first.recv(1) == b""
         assert rig.dispatcher.stats["evicted"] == 1
-        assert rig.dispatcher.counts()["waiting_for_head"] == 2
+        assert rig.dispatcher.counts()["waiting_for_head"] == 1
     finally:
         rig.close()
 

@@ -59,7 +59,8 @@ def test_one_line_per_report_and_none_while_nothing_changes() -> None:
                             queue_wait_max_ms=1.25), {11: 1, 12: 1}, {11: 1}, None)
     assert len(log.lines) == 2  # a dozen numbers changed: still one line
     assert log.lines[-1] == ("fdpass queued=3 parked=0 waiting_for_head=0 busy=2 reserves=1 "
-                             "workers=2 queue_wait_max_ms=1.2 accepted+5 dispatched+5")
+                             "workers=2 queue_wait_max_ms=1.2 waiting_for_body=0 lingering=0 "
+                             "accepted+5 dispatched+5")
     reporter.report(numbers(accepted=5, dispatched=5, busy=2, reserves=1, queued=3,
                             queue_wait_max_ms=1.25), {11: 1, 12: 1}, {11: 1}, None)
     assert len(log.lines) == 2  # the same again: silent

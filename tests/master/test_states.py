@@ -47,6 +47,12 @@ def test_the_table_is_exactly_the_documented_life_of_a_connection() -> None:
         (S.PARKED_IDLE, E.NEXT_HEAD_BEGAN): S.PARKED_STARTED,
         (S.PARKED_IDLE, E.HEAD_READY): S.QUEUED,
         (S.PARKED_STARTED, E.HEAD_READY): S.QUEUED,
+        # Issue 13: a small body waits in the master too.
+        (S.NEW, E.BODY_PENDING): S.WAITING_FOR_BODY,
+        (S.WAITING_FOR_HEAD, E.BODY_PENDING): S.WAITING_FOR_BODY,
+        (S.PARKED_IDLE, E.BODY_PENDING): S.WAITING_FOR_BODY,
+        (S.PARKED_STARTED, E.BODY_PENDING): S.WAITING_FOR_BODY,
+        (S.WAITING_FOR_BODY, E.HEAD_READY): S.QUEUED,
         (S.QUEUED, E.SENT): S.HANDED_OUT,
         (S.HANDED_OUT, E.TAKEN_BACK): S.QUEUED,
         (S.HANDED_OUT, E.TAKEN): S.CLOSED,
@@ -171,4 +177,5 @@ def test_audit_finds_a_connection_out_of_place(table: ConnectionTable) -> None:
 
 
 def test_watched_states_are_the_ones_with_a_timer() -> None:
-    assert {S.WAITING_FOR_HEAD, S.PARKED_IDLE, S.PARKED_STARTED} == WATCHED_STATES
+    assert {S.WAITING_FOR_HEAD, S.WAITING_FOR_BODY, S.PARKED_IDLE,
+            S.PARKED_STARTED} == WATCHED_STATES

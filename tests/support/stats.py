@@ -20,7 +20,8 @@ from .wait import poll
 Stats = dict[str, Any]
 
 #: Counts that are all 0 when the master holds no connection and no worker is busy.
-SETTLED_KEYS = ("queued", "parked", "waiting_for_head", "busy", "reserves")
+SETTLED_KEYS = ("queued", "parked", "waiting_for_head", "busy", "reserves", "waiting_for_body",
+                "lingering")
 
 
 def read_stats(path: str | os.PathLike[str]) -> Stats | None:
