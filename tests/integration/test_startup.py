@@ -13,10 +13,12 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from gunicorn_fdpass.settings import FdpassSettings
 from tests.support.deploy import Launched
 from tests.support.server import REPO_ROOT
 
@@ -26,9 +28,8 @@ WAYS = {
     "config file": [],  # worker_class = "gunicorn_fdpass.Worker" in the config file
 }
 
-UNKNOWN = ("gunicorn_fdpass knows: FDPASS_BURST, FDPASS_HEAD_TIMEOUT, FDPASS_IO_TIMEOUT, "
-           "FDPASS_MAX_CHUNKED_BODY, FDPASS_MAX_QUEUE, FDPASS_RETRY_AFTER, FDPASS_SHED_QUEUE, "
-           "FDPASS_SHED_WAIT, FDPASS_STATS_FILE")
+UNKNOWN = "gunicorn_fdpass knows: " + ", ".join(
+    sorted(f"FDPASS_{f.name.upper()}" for f in fields(FdpassSettings)))
 
 # (extra command-line arguments, config-file lines, environment, the whole message)
 PROBLEMS: dict[str, tuple[list[str], str, dict[str, str], str]] = {
