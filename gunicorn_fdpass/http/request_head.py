@@ -151,7 +151,10 @@ def _parse_plain(head: bytes, rules: RequestRules, *, trusted: bool) -> ParsedRe
     pairs = clean_pairs(block)
     if pairs is None or _FRAMING_FIELD_RE.search(head, line_end):
         return None
-    _check_raw_block(block, rules)  # what is left of step 1: the length of each line
+    if len(block) > rules.field_size:
+        # What is left of step 1 for a clean block: the length of each line (no line can
+        # be too long in a block that is not).
+        _check_raw_block(block, rules)
     method, target, version = line.groups()
     # The one thing h11 refuses in such a head, in the place where it refuses it.
     hosts = 0
