@@ -41,15 +41,33 @@ def response_headers(headers: Any) -> list[tuple[str, str]]:
     :class:`~gunicorn_fdpass.http.response.Response` checks. Hop-by-hop fields other than
     ``Connection`` are dropped: the server owns the connection and the framing."""
     converted: list[tuple[str, str]] = []
+    names = _NAMES
     for item in headers:
         name, value = item
         if not isinstance(name, bytes) or not isinstance(value, bytes):
             raise TypeError(f"ASGI header names and values must be bytes, not {item!r}")
-        text = name.decode("latin-1")
-        if text.lower() in HOP_BY_HOP:
-            continue
-        converted.append((text, value.decode("latin-1")))
+        text = names.get(name)
+        if text is None:
+            text = _name_text(name)
+        if text:  # "": a hop-by-hop field
+            converted.append((text, value.decode("latin-1")))
     return converted
+
+
+#: Response header names as text ("" for a hop-by-hop field), by name as sent: an
+#: application sends the same few names again and again. Bounded: names can be anything.
+_NAMES: dict[bytes, str] = {}
+_MAX_NAMES: Final = 512
+
+
+def _name_text(name: bytes) -> str:
+    text = name.decode("latin-1")
+    if text.lower() in HOP_BY_HOP:
+        text = ""
+    if len(_NAMES) >= _MAX_NAMES:
+        _NAMES.clear()
+    _NAMES[bytes(name)] = text
+    return text
 
 
 def _no_write(data: bytes) -> None:  # pragma: no cover - ASGI has no write() callable

@@ -43,9 +43,24 @@ def _client(client: Address, proxy: ProxyInfo | None) -> tuple[str, int | None] 
     return scope_address(client)
 
 
+#: Header names as ASGI wants them, by name as parsed: a worker sees the same few names
+#: again and again. Bounded, since the names clients send are not.
+_NAMES: dict[str, bytes] = {}
+_MAX_NAMES: Final = 512
+
+
+def _asgi_name(name: str) -> bytes:
+    asgi = name.lower().encode("latin-1")
+    if len(_NAMES) >= _MAX_NAMES:
+        _NAMES.clear()
+    _NAMES[name] = asgi
+    return asgi
+
+
 def _headers(request: ParsedRequest) -> list[tuple[bytes, bytes]]:
     # Gunicorn keeps names upper case; ASGI wants them lower case, as bytes.
-    return [(name.lower().encode("latin-1"), value.encode("latin-1"))
+    names = _NAMES
+    return [(names.get(name) or _asgi_name(name), value.encode("latin-1"))
             for name, value in request.headers]
 
 
@@ -57,7 +72,8 @@ def _common(request: ParsedRequest, *, client: Address, server: Address,
         "http_version": f"{request.version[0]}.{request.version[1]}",
         # Percent-decoded, UTF-8 decoded (ASGI); a byte sequence that is not UTF-8 becomes
         # U+FFFD, and raw_path keeps the exact bytes.
-        "path": unquote(request.path, errors="replace"),
+        "path": unquote(request.path, errors="replace") if "%" in request.path
+        else request.path,
         "raw_path": raw_path,
         "query_string": request.query.encode("latin-1"),
         "root_path": (request.script_name if request.script_name is not None

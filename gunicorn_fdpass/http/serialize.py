@@ -60,10 +60,16 @@ def serialize_head(status_code: int, reason: str, headers: Iterable[tuple[str, s
     A ``Host`` field, should an application send one, goes first (as h11 laid it out when it
     still wrote responses).
     """
-    fields = list(headers)
     lines = [f"HTTP/1.1 {status_code} {reason}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in fields if name.lower() == "host"]
-    lines += [f"{name}: {value}\r\n" for name, value in fields if name.lower() != "host"]
+    hosts: list[str] = []
+    for name, value in headers:
+        # One pass; only a four-letter name can be Host.
+        if len(name) == 4 and name.lower() == "host":
+            hosts.append(f"{name}: {value}\r\n")
+        else:
+            lines.append(f"{name}: {value}\r\n")
+    if hosts:
+        lines[1:1] = hosts
     lines.append("\r\n")
     return "".join(lines).encode("latin-1")
 

@@ -23,6 +23,7 @@ least-busy rule puts every new connection on the worker with the fewest open con
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -97,6 +98,7 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type h
         self._deadline: float | None = None  # when WebSockets get 1001
         self._next_notify = 0.0
         self._post_request_set = False
+        self._pre_request_default = False
 
     def init_process(self) -> None:
         """In the child: drop what belongs to the master, make the loop, let Gunicorn go on."""
@@ -152,6 +154,8 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type h
         settings = getattr(self.cfg, "settings", {})
         hook = settings.get("post_request")
         self._post_request_set = hook is not None and self.cfg.post_request is not hook.default
+        hook = settings.get("pre_request")
+        self._pre_request_default = hook is not None and self.cfg.pre_request is hook.default
         self._stopped = loop.create_future()
         self._tick()
         lifespan = Lifespan(self.wsgi, self.log)
@@ -363,7 +367,14 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type h
         return bool(self.log.access_log_enabled) or self._post_request_set
 
     def pre_request(self, req: RequestInfo) -> None:
+        if self._pre_request_default and not self._debug_logged():
+            return  # Gunicorn's default hook only writes a debug line
         self.cfg.pre_request(self, req)
+
+    def _debug_logged(self) -> bool:
+        error_log = getattr(self.log, "error_log", None)
+        return not isinstance(error_log, logging.Logger) or error_log.isEnabledFor(
+            logging.DEBUG)
 
     def post_request(self, req: RequestInfo, environ: dict[str, Any],
                      resp: ResponseInfo) -> None:

@@ -1,0 +1,47 @@
+"""ASGIWorker.pre_request: Gunicorn's default hook (a debug line) is skipped unless debug
+lines are logged; any other hook always runs."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
+
+from gunicorn_fdpass.worker.api import RequestInfo
+from gunicorn_fdpass.worker.asgi_worker import ASGIWorker
+
+REQ = RequestInfo("GET", "/a", "/a", "", "", (1, 1), [], "http", ("127.0.0.1", 1))
+
+
+def worker(*, custom: bool, level: str) -> tuple[Any, list[str]]:
+    """A stand-in for the worker with what pre_request reads, and the log lines written."""
+    cfg = Config()
+    cfg.set("loglevel", level)
+    calls: list[str] = []
+    if custom:
+        cfg.set("pre_request", lambda w, req: calls.append(req.path))
+    log = Logger(cfg)
+    handler = logging.Handler()
+    handler.emit = lambda record: calls.append(record.getMessage())  # type: ignore[method-assign]
+    log.error_log.addHandler(handler)
+    default = cfg.settings["pre_request"].default
+    fake = SimpleNamespace(cfg=cfg, log=log, _pre_request_default=cfg.pre_request is default)
+    fake._debug_logged = lambda: ASGIWorker._debug_logged(fake)
+    return fake, calls
+
+
+@pytest.mark.parametrize(("custom", "level", "expected"), [
+    (False, "info", []),  # the default hook would write nothing: not called
+    (False, "debug", ["GET /a"]),  # ... unless debug lines are logged
+    (True, "info", ["/a"]),  # an application's own hook always runs
+    (True, "debug", ["/a"]),
+])
+def test_pre_request_hook(custom: bool, level: str, expected: list[str]) -> None:
+    fake, calls = worker(custom=custom, level=level)
+    ASGIWorker.pre_request(fake, REQ)
+    assert calls == expected
+
