@@ -52,26 +52,17 @@ class RequestBody:
 
     Drive it with :meth:`next_data`; when that returns None, give it more bytes with
     :meth:`receive`, at most :meth:`wants` of them.
-
-    ``conn`` is None for a request read without h11 (a plain head without framing fields,
-    see :mod:`~gunicorn_fdpass.http.request_head`): its body is empty, and ends at once.
     """
 
-    def __init__(
-        self, conn: h11.Connection | None, request: ParsedRequest, rules: RequestRules
-    ) -> None:
+    def __init__(self, conn: h11.Connection, request: ParsedRequest, rules: RequestRules) -> None:
+        self.conn = conn
         self.chunked = request.chunked
         self.length = None if request.chunked else (request.content_length or 0)
         self.received = 0  # body bytes returned so far
         self.done = False
         self._unfed = self.length or 0  # Content-Length bytes not yet given to h11
         self._check = _ChunkCheck(rules, request) if request.chunked else None
-        self.conn = conn
-        if conn is None:
-            if self.chunked or self._unfed:
-                raise ValueError("a request with a body needs its h11 connection")
-            self.done = True
-        elif not self.chunked and not self._unfed:
+        if not self.chunked and not self._unfed:
             self._expect_end()  # an empty body: h11 ends the message at once
 
     @property
@@ -87,7 +78,6 @@ class RequestBody:
         """Give h11 the next bytes of the connection (never empty, never more than wants())."""
         if not self.chunked:
             self._unfed -= len(data)
-        assert self.conn is not None  # wants() is 0 without it
         self.conn.receive_data(data)
 
     def next_data(self) -> bytes | None:
@@ -95,9 +85,9 @@ class RequestBody:
 
         Raises :class:`Rejected`.
         """
-        conn = self.conn
-        if self.done or conn is None:
+        if self.done:
             return b""
+        conn = self.conn
         check = self._check
         while True:
             at_boundary = check is not None and check.at_boundary
@@ -136,15 +126,11 @@ class RequestBody:
         """Once the body was read to its end: the bytes h11 read past it (the start of the
         next request), or None if h11 does not hold the request complete (then the connection
         cannot carry another one)."""
-        conn = self.conn
-        if conn is None:
-            return b""  # nothing was read past the head
-        if not self.done or conn.their_state not in _REQUEST_READ:
+        if not self.done or self.conn.their_state not in _REQUEST_READ:
             return None
-        return bytes(conn.trailing_data[0])
+        return bytes(self.conn.trailing_data[0])
 
     def _expect_end(self) -> None:
-        assert self.conn is not None
         event = self.conn.next_event()
         if type(event) is not h11.EndOfMessage:  # cannot happen for a zero-length body
             raise Rejected(400, f"h11 did not end an empty body ({event!r})")

@@ -17,7 +17,7 @@ from typing import Final
 
 from .request_rules import TOKEN, ParsedRequest, Rejected, RequestRules
 
-__all__ = ["FORBIDDEN_TRAILERS", "apply_fields", "check_trailer", "clean_pairs", "split_block"]
+__all__ = ["FORBIDDEN_TRAILERS", "apply_fields", "check_trailer", "split_block"]
 
 _TOKEN_RE: Final = re.compile(TOKEN)
 # RFC 9110 5.5: in a field value only SP, HTAB, VCHAR and obs-text.
@@ -39,27 +39,16 @@ FORBIDDEN_TRAILERS: Final = frozenset(
 _SINGLETONS: Final = frozenset({"HOST", "CONTENT-TYPE"})
 
 
-def clean_pairs(block: bytes) -> list[tuple[bytes, bytes]] | None:
-    """The (name, value) pairs of a field block (each line with its CRLF, no final blank
-    line) made only of ``token:value`` lines with clean values and no obs-fold, values
-    stripped of surrounding SP/HTAB; None if the block is anything else. Line lengths are
-    not checked."""
-    if not _CLEAN_BLOCK_RE.fullmatch(block):
-        return None
-    pairs: list[tuple[bytes, bytes]] = _FIELD_RE.findall(block)
-    return pairs
-
-
 def split_block(block: bytes, rules: RequestRules) -> list[tuple[bytes, bytes]]:
     """Split a field block (each line with its CRLF, no final blank line) into (name, value)
     pairs; the slow path finds the exact fault."""
-    pairs = clean_pairs(block)
-    if pairs is not None:
+    if _CLEAN_BLOCK_RE.fullmatch(block):
         # No line can be too long if the whole block is short; else measure every line.
         if len(block) > rules.field_size and (
             max(map(len, block.split(b"\r\n"))) + 2 > rules.field_size
         ):
             raise Rejected(431, "header field too large")
+        pairs: list[tuple[bytes, bytes]] = _FIELD_RE.findall(block)
         return pairs
     return _split_slowly(block, rules)
 

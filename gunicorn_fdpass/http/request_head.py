@@ -23,17 +23,6 @@ request line or header section and any bare LF) and:
 The one exception to "h11 gets the client's bytes": with Gunicorn's ``strip_header_spaces``
 (a compatibility flag Gunicorn documents as dangerous), the whitespace between a field name
 and its colon is removed first, since h11 refuses it and Gunicorn strips it.
-
-**The plain-head fast path.** Most heads carry no body and are written in the plainest form:
-a request line as h11's grammar has it, ``token:value`` lines of visible characters, no
-folding, no ``Content-Length`` or ``Transfer-Encoding``. For those, building an h11
-connection and its events costs more than all of Gunicorn's rules together, and h11 cannot
-refuse anything in them but a missing or repeated ``Host`` (RFC 9112 3.2), which is checked
-here in h11's place and order. :func:`receive_head` (and :func:`parse_head` without a
-``conn``) read such a head without h11, with every rule of steps 1 and 3, and with a
-:class:`~gunicorn_fdpass.http.body_framing.RequestBody` that is empty from the start. Every
-other head, a body's above all, goes through h11. ``tests/http/test_plain_head.py`` holds
-the two paths to the same result, request or refusal.
 """
 
 from __future__ import annotations
@@ -45,7 +34,7 @@ from urllib.parse import urlsplit
 import h11
 
 from .body_framing import RequestBody
-from .fields import apply_fields, clean_pairs
+from .fields import apply_fields
 from .request_rules import TOKEN, ParsedRequest, Rejected, RequestRules
 
 __all__ = ["new_parser", "parse_head", "receive_head"]
@@ -63,8 +52,6 @@ _FRAMING_FIELD_RE: Final = re.compile(
     rb"\r\n(content-length|transfer-encoding)[ \t]*:([^\r]*(?:\r\n[ \t][^\r]*)*)",
     re.IGNORECASE,
 )
-# h11's request-line grammar, exactly (h11/_abnf.py: token SP 1*VCHAR SP HTTP/DIGIT.DIGIT).
-_PLAIN_LINE_RE: Final = re.compile(rb"(" + TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
 _SPACE_BEFORE_COLON_RE: Final = re.compile(rb"(\r\n" + TOKEN + rb")[ \t]+:")
 _KNOWN_CODINGS: Final = ("identity", "compress", "deflate", "gzip")
 
@@ -82,9 +69,6 @@ def receive_head(
     """Parse a complete request head; return it and the reader of its body (through the same
     h11 connection). ``trusted``: the peer is in ``forwarded_allow_ips``, so it may set
     ``secure_scheme_headers`` and ``forwarder_headers``. Raises :class:`Rejected`."""
-    request = _parse_plain(head, rules, trusted=trusted)
-    if request is not None:
-        return request, RequestBody(None, request, rules)
     conn = new_parser(rules)
     request = parse_head(head, rules, trusted=trusted, conn=conn)
     return request, RequestBody(conn, request, rules)
@@ -96,13 +80,8 @@ def parse_head(
     """Parse a complete request head with h11 and Gunicorn's rules (see the module).
 
     ``conn`` is the h11 connection to feed (a new one if None); it is left holding the
-    request's state, ready for its body. Without one, a plain head takes the fast path (see
-    the module). Raises :class:`Rejected`.
+    request's state, ready for its body. Raises :class:`Rejected`.
     """
-    if conn is None:
-        plain = _parse_plain(head, rules, trusted=trusted)
-        if plain is not None:
-            return plain
     start = 2 if head[:2] == b"\r\n" else 0
     line_end = head.find(b"\r\n", start)
     if line_end < 0:
@@ -134,39 +113,6 @@ def parse_head(
         ]
     request.content_length = length
     request.must_close = request.must_close or coded
-    return request
-
-
-def _parse_plain(head: bytes, rules: RequestRules, *, trusted: bool) -> ParsedRequest | None:
-    """A plain head without a body (see the module), parsed without h11, with the same
-    result, request or refusal, as :func:`parse_head` through h11; None for any other head."""
-    start = 2 if head[:2] == b"\r\n" else 0
-    line_end = head.find(b"\r\n", start)
-    if line_end < 0 or rules.strip_header_spaces:
-        return None
-    line = _PLAIN_LINE_RE.fullmatch(head, start, line_end)
-    if line is None:
-        return None  # h11 refuses it, with its own words
-    block = head[line_end + 2 : -2]
-    pairs = clean_pairs(block)
-    if pairs is None or _FRAMING_FIELD_RE.search(head, line_end):
-        return None
-    if len(block) > rules.field_size:
-        # What is left of step 1 for a clean block: the length of each line (no line can
-        # be too long in a block that is not).
-        _check_raw_block(block, rules)
-    method, target, version = line.groups()
-    # The one thing h11 refuses in such a head, in the place where it refuses it.
-    hosts = 0
-    for name, _ in pairs:
-        if len(name) == 4 and name.lower() == b"host":
-            hosts += 1
-    if hosts > 1:
-        raise Rejected(400, "refused by h11: Found multiple Host: headers")
-    if hosts == 0 and version == b"1.1":
-        raise Rejected(400, "refused by h11: Missing mandatory Host: header")
-    request = _request_line(method, target, version, rules)
-    apply_fields(pairs, request, rules, trusted=trusted)
     return request
 
 

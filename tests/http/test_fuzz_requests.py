@@ -141,7 +141,6 @@ def test_parser_only_raises_rejected(request: bytes) -> None:
                 received += len(data)
         if body.done and not parsed.chunked:
             assert received == (parsed.content_length or 0)
-            # No h11 at all for a plain head without a body (the fast path): nothing held.
-            assert conn is None or conn.trailing_data[0] == b""
+            assert conn.trailing_data[0] == b""
     except Rejected as exc:
         assert exc.status_hint in (400, 403, 414, 417, 431, 501)
