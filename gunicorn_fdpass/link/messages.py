@@ -11,10 +11,10 @@ in its channel; see :mod:`~gunicorn_fdpass.master.links`)::
     master                          worker
       | <-------- Hello(capacity) ----- |   once, when the worker is ready
       | --- Handoff(id, prefix) + fd -> |   the master may take it back while unread
-      | <-------- Taken(id) ----------- |   before the worker reads a byte
       | <-------- Done(id) ------------ |   the worker closed the connection, or
-      | <--- Park(id, leftover) + fd -- |   the connection is idle: the master keeps it
-      | <-------- Refused(id) --------- |   (instead of Taken) the fd did not arrive
+      | <----- Park(id, leftover) ----- |   the connection is idle: the master, which kept
+      |                                 |   its copy of the fd, watches it again
+      | <-------- Refused(id) --------- |   the fd did not arrive (instead of the above)
       | <-------- Draining ------------ |   the worker takes no new work and will exit
       | --------- Closing ------------> |   the master is stopping: end connections after
                                             the current response (``Connection: close``)
@@ -50,7 +50,7 @@ class Kind(IntEnum):
 
     HELLO = 1
     HANDOFF = 2
-    TAKEN = 3
+    # 3 was TAKEN: the master keeps its copy of a handed-out fd until Done or Park instead.
     REFUSED = 4
     DONE = 5
     PARK = 6
@@ -82,13 +82,6 @@ class Handoff:
 
 
 @dataclass(frozen=True, slots=True)
-class Taken:
-    """Worker -> master: the fd of ``conn_id`` arrived; the master may close its copy."""
-
-    conn_id: int
-
-
-@dataclass(frozen=True, slots=True)
 class Refused:
     """Worker -> master: the handoff of ``conn_id`` arrived without its fd (``MSG_CTRUNC``)."""
 
@@ -104,10 +97,10 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Park:
-    """Worker -> master, with the client fd: ``conn_id`` is idle between requests.
+    """Worker -> master: ``conn_id`` is idle between requests; the worker closed its copy.
 
-    ``leftover`` holds bytes the worker read past the end of the last request; ``family`` as
-    in :class:`Handoff`.
+    No fd travels: the master kept its own copy since the handoff. ``leftover`` holds bytes
+    the worker read past the end of the last request; ``family`` as in :class:`Handoff`.
     """
 
     conn_id: int
@@ -125,10 +118,10 @@ class Closing:
     """Master -> worker: the server is stopping; do not keep connections alive any more."""
 
 
-Message = Hello | Handoff | Taken | Refused | Done | Park | Draining | Closing
+Message = Hello | Handoff | Refused | Done | Park | Draining | Closing
 
 
-_WITH_FD: Final = (Handoff, Park)
+_WITH_FD: Final = (Handoff,)
 
 
 def carries_fd(message: Message) -> bool:
@@ -150,8 +143,6 @@ def encode(message: Message) -> bytes:
     elif isinstance(message, Handoff):
         kind, conn_id, payload = Kind.HANDOFF, message.conn_id, message.prefix
         value = message.family
-    elif isinstance(message, Taken):
-        kind, conn_id = Kind.TAKEN, message.conn_id
     elif isinstance(message, Refused):
         kind, conn_id = Kind.REFUSED, message.conn_id
     elif isinstance(message, Done):
@@ -194,8 +185,6 @@ def decode(datagram: bytes) -> Message:
         return Hello(capacity=value, pid=conn_id)
     if kind is Kind.HANDOFF:
         return Handoff(conn_id, payload, value)
-    if kind is Kind.TAKEN:
-        return Taken(conn_id)
     if kind is Kind.REFUSED:
         return Refused(conn_id)
     if kind is Kind.DONE:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import select
 import socket
 from collections.abc import Callable, Iterable
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..http.head import END_OF_HEAD, head_complete
 from ..http.serialize import error_message
+from .fastpath import GONE, PLAIN, STARTED, WAIT, core
 from .handoff import Handoff
 from .loop import EventLoop
 from .states import ClientConnection, ConnState
@@ -155,6 +157,51 @@ class Intake:
 
     def on_listener(self, listener: socket.socket, _: int) -> None:
         """A listener is readable: accept a batch of connections."""
+        settings = self._settings
+        table = self._table
+        room = min(ACCEPT_BATCH, settings.max_queue - len(table.queue),
+                   settings.max_connections - len(table.queue) - len(table.watched))
+        if room <= 0 or settings.tls:
+            self._accept_one_by_one(listener)
+            return
+        # The fast path: accept and peek in one call, raw fds, no socket objects.
+        batch, err = core.accept_batch(listener.fileno(), room, self._peek_buf, self._max_peek)
+        if batch:
+            if self._out_of_fds:
+                self._out_of_fds = False
+                self.log.warning("accept() works again")
+            self._stats["accepted"] += len(batch)
+            now = self._clock()
+            family = listener.family
+            ids = self._ids
+            for fd, verdict in batch:
+                self._place(ClientConnection(next(ids), None, b"", fd, family), verdict, now)
+        if err:
+            self._accept_failed(OSError(err, os.strerror(err)))
+        elif len(batch) == room < ACCEPT_BATCH:
+            self._accept_one_by_one(listener)  # at a bound: evict an idle one, or pause
+
+    def _place(self, conn: ClientConnection, verdict: int, now: float) -> None:
+        """Where a just-accepted connection goes, by its first peek's verdict."""
+        if verdict == PLAIN:
+            self._handoff.enqueue(conn, now)
+        elif verdict == WAIT:
+            self._table.wait_for_head(conn, now)
+        elif verdict == GONE:
+            self._table.close(conn)
+        else:  # needs a closer look than the fast path's
+            self._place_inspected(conn, self._inspect(conn))
+
+    def _place_inspected(self, conn: ClientConnection, verdict: _Verdict) -> None:
+        if verdict is _READY:
+            self._handoff.enqueue(conn, self._clock())
+        elif verdict is not _GONE:
+            self._table.wait_for_head(conn, self._clock())
+        else:
+            self._table.close(conn)
+
+    def _accept_one_by_one(self, listener: socket.socket) -> None:
+        """Accept with a look at the bounds before each one (back-pressure, eviction, TLS)."""
         for _ in range(ACCEPT_BATCH):
             if not self._room_for_one_more():
                 # Back-pressure: let clients wait in the kernel backlog, not in our memory.
@@ -167,25 +214,40 @@ class Intake:
             except OSError as exc:
                 if exc.errno == errno.ECONNABORTED:
                     continue
-                if exc.errno in _RESOURCE_ERRNOS:
-                    self._out_of_fds_now(exc)
-                    return
-                raise
+                self._accept_failed(exc)
+                return
             if self._out_of_fds:
                 self._out_of_fds = False
                 self.log.warning("accept() works again")
             self._stats["accepted"] += 1
             conn = ClientConnection(next(self._ids), sock)
-            verdict = self._inspect(conn)  # the request is often there already
-            if verdict is _READY:
-                self._handoff.enqueue(conn, self._clock())
-            elif verdict is not _GONE:
-                self._table.wait_for_head(conn, self._clock())
-            else:
-                self._table.close(conn)
+            self._place_inspected(conn, self._inspect(conn))  # the request is often there
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno in _RESOURCE_ERRNOS:
+            self._out_of_fds_now(exc)
+            return
+        raise exc
 
     def on_client(self, conn: ClientConnection, events: int) -> None:
         """A watched connection has an event: is its head complete now?"""
+        if not conn.prefix and not self._settings.tls:
+            verdict = core.peek(conn.fd, self._peek_buf, self._max_peek)
+            if verdict == PLAIN:
+                self._handoff.enqueue(conn, self._clock())
+                return
+            if verdict == GONE or (verdict == WAIT and events & _HUNG_UP):
+                self._table.close(conn)
+                return
+            if verdict == WAIT:
+                return
+            if verdict == STARTED and not events & _HUNG_UP:
+                if conn.state is _PARKED_IDLE:
+                    self._table.head_began(conn, self._clock())
+                return
+        self._on_client_inspected(conn, events)
+
+    def _on_client_inspected(self, conn: ClientConnection, events: int) -> None:
         verdict = self._inspect(conn)
         if verdict is _GONE or (verdict is not _READY and events & _HUNG_UP):
             # A peek keeps returning the unread partial head, so it cannot see that the

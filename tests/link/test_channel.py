@@ -78,7 +78,7 @@ def test_use_after_close_is_channel_closed(pair: tuple[Channel, Channel]) -> Non
 def test_full_buffer_reports_false_instead_of_blocking(pair: tuple[Channel, Channel]) -> None:
     a, _ = pair
     sent = 0
-    while a.send(protocol.Park(1, b"x" * 60000), 0):
+    while a.send(protocol.Handoff(1, b"x" * 60000), 0):
         sent += 1
         assert sent < 10_000
     assert sent > 0
