@@ -20,6 +20,10 @@ from .errors import ConfigurationError
 
 PREFIX: Final = "FDPASS_"
 
+#: Variables read elsewhere, at import time: ``FDPASS_NO_EXTENSIONS=1`` makes the master use
+#: the pure-Python twin of its C core (:mod:`gunicorn_fdpass.master.fastpath`).
+READ_AT_IMPORT: Final = frozenset({"FDPASS_NO_EXTENSIONS"})
+
 
 @dataclass(frozen=True, slots=True)
 class FdpassSettings:
@@ -83,7 +87,7 @@ def load(environ: Mapping[str, str] | None = None) -> FdpassSettings:
     known = {f"{PREFIX}{f.name.upper()}": f.name for f in fields(FdpassSettings)}
     values: dict[str, Any] = {}
     for name, text in env.items():
-        if not name.startswith(PREFIX):
+        if not name.startswith(PREFIX) or name in READ_AT_IMPORT:
             continue
         field = known.get(name)
         if field is None:

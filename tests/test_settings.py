@@ -40,3 +40,10 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
 def test_configuration_error_is_what_gunicorn_prints_as_a_startup_error() -> None:
     # Gunicorn's runner prints a RuntimeError as "Error: ..." and exits 1.
     assert issubclass(ConfigurationError, RuntimeError)
+
+
+def test_the_no_extensions_switch_is_not_an_unknown_setting() -> None:
+    # Read by gunicorn_fdpass.master.fastpath at import; a typo next to it is still refused.
+    assert load({"FDPASS_NO_EXTENSIONS": "1"}) == FdpassSettings()
+    with pytest.raises(ConfigurationError, match="FDPASS_NO_EXTENSION"):
+        load({"FDPASS_NO_EXTENSION": "1"})

@@ -5,13 +5,15 @@
 # then runs `wrk -t1 -c16` and reads the master's utime+stime ticks around it. With `strace`,
 # a second run under `strace -c -f -p MASTER` prints the calls per connection (or request).
 # With `perf`, a third run records `perf record -g` of the master into /tmp/master.perf.
+# CODE_DIR=/path/to/another/checkout measures that code with this checkout's venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-close}; secs=${2:-5}; extra=${3:-}
-py=.venv/bin/python
+py=$PWD/.venv/bin/python
+cd "${CODE_DIR:-.}"
 port=$($py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 hdr=(); [[ $mode == close ]] && hdr=(-H 'Connection: close')
-setsid .venv/bin/gunicorn -w 2 -k gunicorn_fdpass.Worker -b 127.0.0.1:$port \
+setsid $py -m gunicorn -w 2 -k gunicorn_fdpass.Worker -b 127.0.0.1:$port \
     --log-level warning examples.hello:app >/tmp/master_cost.$$.log 2>&1 &
 gpid=$!
 trap 'kill -TERM $gpid 2>/dev/null; wait $gpid 2>/dev/null || true' EXIT
