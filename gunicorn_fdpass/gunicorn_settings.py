@@ -165,7 +165,8 @@ def raise_fd_limit() -> tuple[int, int]:
 def connections_for_fd_limit(workers: int) -> int:
     """The default ``FDPASS_MAX_CONNECTIONS``: what the current fd limit leaves for client
     connections, with room for the master's other fds (three per worker, listeners, logs,
-    epoll) and for answered connections lingering on their way out."""
+    epoll), for answered connections lingering on their way out, and for the master's copies
+    of the connections its workers are serving (kept until ``Done`` or ``Park``)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = MAX_FDS

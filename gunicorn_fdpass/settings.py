@@ -20,6 +20,10 @@ from .errors import ConfigurationError
 
 PREFIX: Final = "FDPASS_"
 
+#: Variables read elsewhere, at import time: ``FDPASS_NO_EXTENSIONS=1`` makes the master use
+#: the pure-Python twin of its C core (:mod:`gunicorn_fdpass.master.fastpath`).
+READ_AT_IMPORT: Final = frozenset({"FDPASS_NO_EXTENSIONS"})
+
 
 @dataclass(frozen=True, slots=True)
 class FdpassSettings:
@@ -104,11 +108,11 @@ def load(environ: Mapping[str, str] | None = None) -> FdpassSettings:
     for name, text in env.items():
         # Any case counts as ours: ``fdpass_head_timeout`` is a mistake to point out, not a
         # variable of someone else's to ignore (environment names are case-sensitive).
-        if not name.upper().startswith(PREFIX):
+        if not name.upper().startswith(PREFIX) or name in READ_AT_IMPORT:
             continue
         field = known.get(name)
         if field is None:
-            close = difflib.get_close_matches(name.upper(), known, n=1)
+            close = difflib.get_close_matches(name.upper(), [*known, *READ_AT_IMPORT], n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigurationError(
                 f"unknown setting {name}{hint}; gunicorn_fdpass knows: {', '.join(sorted(known))}"

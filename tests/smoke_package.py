@@ -5,9 +5,10 @@ Run by ``.ci/run`` after the test suite, from the repository root, as a module
 standard library's ``http``):
 
 1. ``python -m build`` makes the sdist and the wheel; ``twine check --strict`` passes on both.
-2. Each of them installs into a fresh virtual environment, reports the version it was built
-   with (``gunicorn_fdpass.__version__`` == the installed metadata) from that environment, and
-   serves the bundled hello example (copied out of the source tree, so nothing is imported
+2. Each of them installs into a fresh virtual environment, reports from that environment the
+   version it was built with (``gunicorn_fdpass.__version__`` == the installed metadata) and
+   that the master's C core is there (a platform wheel; the sdist compiles it), and serves the
+   bundled hello example (copied out of the source tree, so nothing is imported
    from it) with ``-k gunicorn_fdpass.Worker`` and ``-k egg:gunicorn-fdpass#fdpass``.
 3. The documentation's commands that need a fresh virtual environment, which the test suite
    cannot afford (tests/test_docs.py lists them as run here): README's first command on a fresh
@@ -240,10 +241,12 @@ def source_version() -> str:
 def build(dist: Path) -> tuple[Path, Path]:
     run([sys.executable, "-m", "build", "--outdir", str(dist), str(REPO)])
     version = source_version()
-    wheel = dist / f"gunicorn_fdpass-{version}-py3-none-any.whl"
+    # A platform wheel (cp3XX-cp3XX-linux_...): it holds the master's compiled core.
+    wheels = sorted(dist.glob(f"gunicorn_fdpass-{version}-cp*.whl"))
     sdist = dist / f"gunicorn_fdpass-{version}.tar.gz"
     found = sorted(p.name for p in dist.iterdir())
-    assert found == sorted([wheel.name, sdist.name]), f"built {found}"
+    assert len(wheels) == 1 and found == sorted([wheels[0].name, sdist.name]), f"built {found}"
+    wheel = wheels[0]
     run([sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)])
     print(f"built and checked: {wheel.name}, {sdist.name}", flush=True)
     return wheel, sdist
@@ -259,10 +262,13 @@ def check_installed(bin_dir: Path, where: Path) -> None:
     """The package in ``bin_dir``'s environment is the built one, and says its version."""
     out = run([str(bin_dir / "python"), "-c",
                "import json, importlib.metadata as m, gunicorn_fdpass as g; "
-               "print(json.dumps([g.__version__, m.version('gunicorn-fdpass'), g.__file__]))"],
+               "from gunicorn_fdpass.master import fastpath as f; "
+               "print(json.dumps([g.__version__, m.version('gunicorn-fdpass'), g.__file__, "
+               "f.COMPILED]))"],
               cwd=where, env=plain_env())
-    reported, metadata, location = json.loads(out)
+    reported, metadata, location, compiled = json.loads(out)
     assert reported == metadata == source_version(), (reported, metadata)
+    assert compiled, "the master's C core was not built or not installed"
     assert Path(location).is_relative_to(bin_dir.parent), f"imported from {location}"
 
 

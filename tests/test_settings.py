@@ -180,3 +180,11 @@ def test_the_fd_limit_is_raised_toward_the_hard_limit_in_a_child() -> None:
     before, after, now = out.get()
     assert before == 256 and after == now > 256
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
+
+
+def test_the_no_extensions_switch_is_not_an_unknown_setting() -> None:
+    # Read by gunicorn_fdpass.master.fastpath at import; a typo next to it is still refused.
+    assert load({"FDPASS_NO_EXTENSIONS": "1"}) == FdpassSettings()
+    with pytest.raises(ConfigurationError, match=r"unknown setting FDPASS_NO_EXTENSION \(did you "
+                                                 r"mean FDPASS_NO_EXTENSIONS\?\)"):
+        load({"FDPASS_NO_EXTENSION": "1"})

@@ -80,8 +80,10 @@ class Channel:
         Returns False if the channel is non-blocking and its buffer is full (nothing was sent).
         Raises :class:`PeerGone` if the other end is gone.
         """
-        if messages.carries_fd(message) != (fd is not None):
+        if fd is None and messages.carries_fd(message):
             raise ProtocolError(f"{type(message).__name__} must be sent with exactly one fd")
+        if fd is not None and not messages.may_carry_fd(message):
+            raise ProtocolError(f"{type(message).__name__} carries no fd")
         data = messages.encode(message)
         ancillary = []
         if fd is not None:

@@ -11,13 +11,17 @@ in its channel; see :mod:`~gunicorn_fdpass.master.links`)::
     master                          worker
       | <-------- Hello(capacity) ----- |   once, when the worker is ready
       | --- Handoff(id, prefix) + fd -> |   the master may take it back while unread
-      | <-------- Taken(id) ----------- |   before the worker reads a byte
       | <-------- Done(id) ------------ |   the worker closed the connection, or
-      | <--- Park(id, leftover) + fd -- |   the connection is idle: the master keeps it
-      | <-------- Refused(id) --------- |   (instead of Taken) the fd did not arrive
+      | <----- Park(id, leftover) ----- |   the connection is idle: the master, which kept
+      |                                 |   its copy of the fd, watches it again
+      | <-------- Refused(id) --------- |   the fd did not arrive (instead of the above)
       | <-------- Draining ------------ |   the worker takes no new work and will exit
       | --------- Closing ------------> |   the master is stopping: end connections after
                                             the current response (``Connection: close``)
+
+``Taken`` (a worker's acknowledgement of a handoff, before issue 11) and an fd beside ``Park``
+are still understood and ignored: the master keeps its own copy of a handed-out fd now, and
+the ASGI worker still sends both.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Kind(IntEnum):
 
     HELLO = 1
     HANDOFF = 2
+    #: Legacy, ignored by the master: it keeps its copy of a handed-out fd until Done or Park.
     TAKEN = 3
     REFUSED = 4
     DONE = 5
@@ -83,7 +88,8 @@ class Handoff:
 
 @dataclass(frozen=True, slots=True)
 class Taken:
-    """Worker -> master: the fd of ``conn_id`` arrived; the master may close its copy."""
+    """Worker -> master: the fd of ``conn_id`` arrived. Legacy: the master ignores it (it
+    keeps its own copy until ``Done`` or ``Park``, and takes back only unread handoffs)."""
 
     conn_id: int
 
@@ -104,10 +110,10 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Park:
-    """Worker -> master, with the client fd: ``conn_id`` is idle between requests.
+    """Worker -> master: ``conn_id`` is idle between requests; the worker closed its copy.
 
-    ``leftover`` holds bytes the worker read past the end of the last request; ``family`` as
-    in :class:`Handoff`.
+    No fd travels: the master kept its own copy since the handoff. ``leftover`` holds bytes
+    the worker read past the end of the last request; ``family`` as in :class:`Handoff`.
     """
 
     conn_id: int
@@ -128,12 +134,18 @@ class Closing:
 Message = Hello | Handoff | Taken | Refused | Done | Park | Draining | Closing
 
 
-_WITH_FD: Final = (Handoff, Park)
+_WITH_FD: Final = (Handoff,)
 
 
 def carries_fd(message: Message) -> bool:
     """Whether ``message`` must travel with exactly one file descriptor."""
     return isinstance(message, _WITH_FD)
+
+
+def may_carry_fd(message: Message) -> bool:
+    """Whether ``message`` may travel with a file descriptor: one that must, or a ``Park``
+    (legacy: before issue 11 its fd travelled back; the master closes such a copy)."""
+    return isinstance(message, (Handoff, Park))
 
 
 def encode(message: Message) -> bytes:

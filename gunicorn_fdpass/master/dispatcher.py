@@ -15,8 +15,12 @@ non-blocking; the only blocking call is ``epoll.poll``, whose timeout the caller
 - :mod:`.scheduler`: which worker gets the next connection (pure policy).
 
 Ownership: a client socket is in exactly one state at a time. While HANDED_OUT the master
-keeps its copy until the worker confirms with ``Taken``, so a worker that dies first loses
-nothing; after ``Taken`` it belongs to the worker.
+keeps its copy until the worker says ``Done`` (the master closes it) or ``Park`` (the master
+watches it again, no fd travels back). A handoff still unread in the worker's inbox is taken
+back if the worker dies or drains; one it has read is the worker's to serve.
+
+The hot path (accept + peek, the hand-off ``sendmsg``, batched channel reads) is in
+:mod:`.fastpath`: a C extension, or its pure-Python twin.
 """
 
 from __future__ import annotations

@@ -10,13 +10,13 @@ busy worker is taken back for a worker that became free.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import PeerGone
 from ..http.head import head_complete
 from ..http.serialize import error_message
-from ..link import messages
+from .fastpath import core
 from .scheduler import Scheduler
 from .states import ClientConnection
 from .table import ConnectionTable
@@ -38,6 +38,10 @@ RESERVE: Final = 1
 #: while other connections are queued (with none queued it is taken back at once): a
 #: connection does not sit behind a slow request for longer than this while others are served.
 RESERVE_PATIENCE: Final = 0.005
+
+#: A worker's inbox refuses a handoff with these when the worker is gone.
+_PEER_GONE_ERRNOS: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN,
+                                      errno.ECONNREFUSED})
 
 
 class Handoff:
@@ -72,11 +76,15 @@ class Handoff:
         else:
             self._table.enqueue(conn, now)
 
-    def park(self, conn: ClientConnection) -> None:
-        """A worker handed a keep-alive connection back (a new record, state NEW)."""
+    def park(self, conn: ClientConnection, leftover: bytes) -> None:
+        """A worker handed a keep-alive connection back (HANDED_OUT); ``leftover`` is what it
+        read past its last request."""
+        conn.prefix = leftover
+        conn.refusals = 0
+        conn.refused_by = None
         if self._settings.keepalive <= 0:
             self._table.close(conn)
-        elif head_complete(conn.prefix):
+        elif leftover and head_complete(leftover):
             # A pipelined request the worker left unserved (its burst was used up): it needs
             # no more data, so it waits in the queue, not for the socket to become readable.
             self.enqueue(conn, self._clock())
@@ -85,7 +93,7 @@ class Handoff:
 
     def refused(self, link: WorkerLink, conn_id: int) -> None:
         """``link``'s worker could not receive a connection: try another, or answer 503."""
-        conn = link.untaken.get(conn_id)
+        conn = link.handed_out.get(conn_id)
         if conn is None:
             return
         conn.refusals += 1
@@ -132,17 +140,19 @@ class Handoff:
         if scheduler.free_slots():
             self._move_reserves(now, links, bool(queue))
         stats = self._stats
+        send_handoff = core.send_handoff
         while queue:
             conn = queue[0]
             link = scheduler.pick(avoid=conn.refused_by)
             if link is None:
                 break
             try:
-                sent = link.handoffs.send(
-                    messages.Handoff(conn.conn_id, conn.prefix, conn.sock.family),
-                    conn.sock.fileno())
-            except PeerGone:
-                links.worker_gone(link)  # its untaken ones are queued before this one
+                sent = send_handoff(link.handoff_fd, conn.conn_id, conn.family, conn.prefix,
+                                    conn.fd)
+            except OSError as exc:
+                if exc.errno not in _PEER_GONE_ERRNOS:
+                    raise
+                links.worker_gone(link)  # its unread ones are queued before this one
                 continue
             if not sent:
                 # The worker's receive queue is full: it will read it soon; try later.
@@ -159,7 +169,8 @@ class Handoff:
         """A reserve waiting at a busy worker goes to a free one: at once if nothing else
         waits, else once it waited RESERVE_PATIENCE (it is older than the queue)."""
         for holder in self._scheduler.overbooked():
-            untaken = holder.untaken
-            if untaken and (not others_wait or now - min(
-                    c.since for c in untaken.values()) >= RESERVE_PATIENCE):
+            # The reserve is the newest of what the holder has (the others it is serving).
+            held = holder.handed_out
+            if held and (not others_wait or now - max(
+                    c.since for c in held.values()) >= RESERVE_PATIENCE):
                 links.take_back(holder)

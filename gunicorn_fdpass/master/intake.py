@@ -8,12 +8,17 @@ begin a request, a TLS ClientHello on a plain port and a bad or forbidden PROXY 
 answered at once. When the master holds ``max_connections`` connections, the oldest one still
 sending its head makes room (408); only when nothing can go, or the queue is full, do the
 listeners leave epoll, so that new clients wait in the kernel's backlog instead.
+
+The plain case takes the compiled fast path (:mod:`.fastpath`): accept and a first peek in one
+call on raw fds, and a verdict that sorts out a whole head with a method first and nothing to
+decide (no body framing field, no PROXY line). Only everything else is asked of ``classify``.
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
+import os
 import select
 import socket
 from collections.abc import Callable, Iterable
@@ -21,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..http.arrival import READY, ArrivalRules, Kind, Verdict, classify
 from ..http.serialize import error_message
+from .fastpath import GONE, OTHER, PLAIN, STARTED, WAIT, core
 from .handoff import Handoff
 from .loop import EventLoop
 from .states import ClientConnection, ConnState
@@ -169,6 +175,55 @@ class Intake:
 
     def on_listener(self, listener: socket.socket, _: int) -> None:
         """A listener is readable: accept a batch of connections."""
+        settings = self._settings
+        table = self._table
+        room = min(ACCEPT_BATCH, settings.max_queue - len(table.queue),
+                   settings.max_connections - len(table.queue) - len(table.watched))
+        if room <= 0 or settings.tls:
+            self._accept_one_by_one(listener)
+            return
+        # The fast path: accept and peek in one call, raw fds, no socket objects.
+        batch, err = core.accept_batch(listener.fileno(), room, self._peek_buf, self._max_peek)
+        if batch:
+            if self._out_of_fds:
+                self._out_of_fds = False
+                self.log.warning("accept() works again")
+            self._stats["accepted"] += len(batch)
+            now = self._clock()
+            family = listener.family
+            ids = self._ids
+            for fd, verdict in batch:
+                self._place(ClientConnection(next(ids), None, b"", fd, family), verdict, now)
+        if err:
+            self._accept_failed(OSError(err, os.strerror(err)))
+        elif len(batch) == room < ACCEPT_BATCH:
+            self._accept_one_by_one(listener)  # at a bound: make room, or pause
+
+    def _place(self, conn: ClientConnection, verdict: int, now: float) -> None:
+        """Where a just-accepted connection goes, by the fast path's verdict."""
+        if verdict == PLAIN:
+            self._handoff.enqueue(conn, now)
+        elif verdict in (WAIT, STARTED):
+            # STARTED: a method so far, and no end of head: what classify() calls PARTIAL.
+            self._table.wait_for_head(conn, now)
+        elif verdict == GONE:
+            self._table.close(conn)
+        else:  # OTHER: bodies, PROXY, bytes to refuse
+            self._place_inspected(conn, self._inspect(conn))
+
+    def _place_inspected(self, conn: ClientConnection, verdict: Verdict) -> None:
+        kind = verdict.kind
+        if kind is _READY:
+            self._handoff.enqueue(conn, self._clock())
+        elif verdict is _GONE:
+            self._table.close(conn)
+        elif kind is _EMPTY or kind is _PARTIAL:
+            self._table.wait_for_head(conn, self._clock())
+        else:
+            self._act(conn, verdict)
+
+    def _accept_one_by_one(self, listener: socket.socket) -> None:
+        """Accept with a look at the bounds before each one (back-pressure, making room, TLS)."""
         for _ in range(ACCEPT_BATCH):
             if not self._room_for_one_more():
                 # Back-pressure: let clients wait in the kernel backlog, not in our memory.
@@ -181,10 +236,8 @@ class Intake:
             except OSError as exc:
                 if exc.errno == errno.ECONNABORTED:
                     continue
-                if exc.errno in _RESOURCE_ERRNOS:
-                    self._out_of_fds_now(exc)
-                    return
-                raise
+                self._accept_failed(exc)
+                return
             if self._out_of_fds:
                 self._out_of_fds = False
                 self.log.warning("accept() works again")
@@ -193,19 +246,35 @@ class Intake:
             conn = ClientConnection(next(self._ids), sock)
             if self._settings.proxy_protocol != "off":
                 conn.proxy_ok = self._settings.proxy_allow.allows(addr)
-            verdict = self._inspect(conn)  # the request is often there already
-            kind = verdict.kind
-            if kind is _READY:
-                self._handoff.enqueue(conn, self._clock())
-            elif verdict is _GONE:
-                self._table.close(conn)
-            elif kind is _EMPTY or kind is _PARTIAL:
-                self._table.wait_for_head(conn, self._clock())
-            else:
-                self._act(conn, verdict)
+            self._place_inspected(conn, self._inspect(conn))  # the request is often there
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno in _RESOURCE_ERRNOS:
+            self._out_of_fds_now(exc)
+            return
+        raise exc
 
     def on_client(self, conn: ClientConnection, events: int) -> None:
         """A watched connection has an event: is its request complete now?"""
+        if not conn.prefix and not self._settings.tls:
+            verdict = core.peek(conn.fd, self._peek_buf, self._max_peek)
+            if verdict == PLAIN:
+                self._handoff.enqueue(conn, self._clock())
+                return
+            if verdict == GONE or (verdict != OTHER and events & _HUNG_UP):
+                # A peek keeps returning the unread partial head, so it cannot see that the
+                # client closed or reset meanwhile; epoll's hang-up flags can.
+                self._table.close(conn)
+                return
+            if verdict == WAIT:
+                return
+            if verdict == STARTED:
+                if conn.state is _PARKED_IDLE:
+                    self._table.head_began(conn, self._clock())
+                return
+        self._on_client_inspected(conn, events)
+
+    def _on_client_inspected(self, conn: ClientConnection, events: int) -> None:
         verdict = self._inspect(conn)
         kind = verdict.kind
         if kind is _READY:
@@ -281,10 +350,22 @@ class Intake:
             return _NOTHING
         if n == len(buf):
             return READY  # more than the master waits for: the worker reads on
+        allowed = conn.proxy_ok
+        if allowed is None:  # accepted on the fast path, which reads no peer address
+            allowed = conn.proxy_ok = self._peer_allowed(conn)
         if conn.prefix:
             data = conn.prefix + (bytes(buf[:n]) if n > 0 else b"")
-            return classify(data, len(data), self._rules, conn.proxy_ok)
-        return classify(buf, n, self._rules, conn.proxy_ok)
+            return classify(data, len(data), self._rules, allowed)
+        return classify(buf, n, self._rules, allowed)
+
+    def _peer_allowed(self, conn: ClientConnection) -> bool:
+        """The peer may send a PROXY header (``proxy_allow_ips``)."""
+        if self._settings.proxy_protocol == "off":
+            return True  # not asked
+        try:
+            return self._settings.proxy_allow.allows(conn.sock.getpeername())
+        except OSError:
+            return False
 
     def _room_for_one_more(self) -> bool:
         """True if one more connection may be accepted (maybe by evicting one: see

@@ -1,12 +1,19 @@
 """The master's links to its workers: channels, their messages, and taking handoffs back.
 
 Each worker has two socketpairs made before its fork: a two-way channel (``Hello``,
-``Taken``, ``Done``, ``Park``, ``Refused``, ``Draining`` from the worker; ``Closing`` from
-the master) and an inbox its handoffs travel in. The master keeps the inbox's receiving end
+``Done``, ``Park``, ``Refused``, ``Draining`` from the worker; ``Closing`` from the master)
+and an inbox its handoffs travel in. The master keeps its copy of every connection it handed
+out until the worker says ``Done`` (then closes it) or ``Park`` (then watches it again: the
+fd need not travel back). The master keeps the inbox's receiving end
 open too: a handoff still unread there can be taken back (the kernel gives each datagram to
 exactly one reader, so the worker and the master never both get it). That is how a reserve
 moves to a worker that became free first, and how a draining or dead worker's unread handoffs
-return to the queue.
+return to the queue. A handoff the worker has read is the worker's: if the worker dies, the
+master closes its copy (the worker may have read from the connection or answered part of it).
+
+Channel messages are read in batches (:func:`~gunicorn_fdpass.master.fastpath.core`'s
+``recv_batch``: one ``recvmmsg``, no extra call that ends in ``EAGAIN``); ``Done``, the most
+frequent one, is parsed on the spot.
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ from typing import Any
 from ..errors import PeerGone, ProtocolError
 from ..link import messages
 from ..link.board import WaitingBoard
-from ..link.channel import Channel, Received, socket_from_fd
+from ..link.channel import Channel, Received
+from .fastpath import RECV_GONE, RECV_OK, core
 from .handoff import RESERVE, Handoff
 from .loop import EventLoop
 from .scheduler import Scheduler
 from .states import ClientConnection
 from .table import ConnectionTable
+
+_DONE = int(messages.Kind.DONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,18 +50,22 @@ class WorkerEnds:
 
 class WorkerLink:
     """The master's side of one worker: its channel, its inbox (both ends: ``handoffs`` to
-    send, ``unread`` to take back what the worker has not read yet) and the handoffs it has
-    not confirmed (``untaken``, written only by the
+    send, ``unread`` to take back what the worker has not read yet) and the connections
+    handed out to it and not back or done yet (``handed_out``, written only by the
     :class:`~gunicorn_fdpass.master.table.ConnectionTable`)."""
 
-    __slots__ = ("channel", "handoffs", "pid", "unread", "untaken")
+    __slots__ = ("channel", "channel_fd", "handed_out", "handoff_fd", "handoffs", "pid",
+                 "unread")
 
     def __init__(self, channel: Channel, handoffs: Channel, unread: Channel) -> None:
         self.channel = channel
         self.handoffs = handoffs
         self.unread = unread
+        # The fd numbers, for the fast path (valid while the channels are open).
+        self.channel_fd = channel.fileno()
+        self.handoff_fd = handoffs.fileno()
         self.pid = 0
-        self.untaken: dict[int, ClientConnection] = {}
+        self.handed_out: dict[int, ClientConnection] = {}
 
     def close(self) -> None:
         for channel in (self.channel, self.handoffs, self.unread):
@@ -100,7 +114,7 @@ class Links:
             # channel hang up when the worker dies.
             ends.channel.close()
             self.all.append(link)
-            self._loop.watch(link.channel.fileno(), select.EPOLLIN, self._on_channel, link)
+            self._loop.watch(link.channel_fd, select.EPOLLIN, self._on_channel, link)
             if closing:
                 self.tell(link, messages.Closing())
 
@@ -134,7 +148,7 @@ class Links:
     def take_back(self, link: WorkerLink) -> int:
         """Take the handoffs ``link``'s worker has not read out of its inbox; queue them first.
 
-        The master still has its copy of each (in ``untaken``), so the copy that comes back
+        The master still has its copy of each (in ``handed_out``), so the copy that comes back
         with the message is closed. Returns how many came back.
         """
         ids: list[int] = []
@@ -156,53 +170,81 @@ class Links:
         return back
 
     def worker_gone(self, link: WorkerLink) -> None:
-        """``link``'s worker died or hung up: what it had not taken goes to the others."""
+        """``link``'s worker died or hung up: what it had not read goes to the others."""
         if link.channel.closed:
             return
-        self._loop.unwatch(link.channel.fileno())
-        # Unread handoffs come out of its inbox (closing the fds in flight there); the ones it
-        # read but never confirmed were not served either: all go to the head of the queue.
+        self._loop.unwatch(link.channel_fd)
+        # Unread handoffs come out of its inbox (closing the fds in flight there) and go to
+        # the head of the queue. The ones it read were its own: the master closes its copies.
         back = self.take_back(link)
         link.close()
         self._scheduler.remove(link)
         self.all.remove(link)
-        unconfirmed = self._table.take_back(link, list(link.untaken))
-        self._stats["requeued"] += unconfirmed
-        if back or unconfirmed:
+        lost = list(link.handed_out.values())
+        for conn in lost:
+            self._table.close(conn, None, link)
+        if back:
             self.log.info("worker %s left; %d connection(s) it had not taken go to others",
-                          link.pid, back + unconfirmed)
+                          link.pid, back)
+        if lost:
+            self.log.info("worker %s left; %d connection(s) it was serving are closed",
+                          link.pid, len(lost))
 
     def _on_channel(self, link: WorkerLink, _: int) -> None:
-        while True:
+        try:
+            batch, status = core.recv_batch(link.channel_fd)
+        except OSError as exc:
+            self.log.error("worker %s channel failed (%s); dropping it", link.pid, exc)
+            self.worker_gone(link)
+            return
+        table = self._table
+        scheduler = self._scheduler
+        for data, fd, lost in batch:
+            if data[0] == _DONE and len(data) == messages.HEADER_SIZE and fd < 0:
+                # The most frequent message, parsed here without a message object.
+                scheduler.release(link)
+                table.finished(link, int.from_bytes(data[5:], "big"))
+                continue
             try:
-                received = link.channel.recv()
-            except PeerGone:
-                self.worker_gone(link)
-                return
+                message = messages.decode(data)
             except ProtocolError as exc:
-                self.log.error("worker %s sent a bad message (%s); dropping its channel",
-                               link.pid, exc)
-                self.worker_gone(link)
+                if fd >= 0:
+                    os.close(fd)
+                self._bad_message(link, exc)
                 return
-            if received is None:
-                return
-            self._on_message(link, received)
+            if fd >= 0 and not messages.carries_fd(message):
+                os.close(fd)
+                fd = -1
+            self._on_message(link, Received(message, fd if fd >= 0 else None,
+                                            fd_lost=lost or (fd < 0 and
+                                                             messages.carries_fd(message))))
+            if link.channel.closed:
+                return  # the message made the master drop this worker
+        if status == RECV_GONE:
+            self.worker_gone(link)
+        elif status != RECV_OK:
+            self._bad_message(link, ProtocolError("datagram larger than a message"))
+
+    def _bad_message(self, link: WorkerLink, exc: ProtocolError) -> None:
+        self.log.error("worker %s sent a bad message (%s); dropping its channel", link.pid, exc)
+        self.worker_gone(link)
 
     def _on_message(self, link: WorkerLink, received: Received) -> None:
         message = received.message
-        # Most frequent first: every connection brings a Taken, then a Done or a Park.
-        if isinstance(message, messages.Taken):
-            self._table.taken(link, message.conn_id)
-        elif isinstance(message, messages.Done):
+        # Most frequent first: every connection ends with a Done or a Park.
+        if isinstance(message, messages.Done):
             self._scheduler.release(link)
+            self._table.finished(link, message.conn_id)
         elif isinstance(message, messages.Park):
             self._scheduler.release(link)
-            if received.fd is None:
-                self.log.error("a parked connection from worker %s arrived without its fd "
-                               "(master out of fds?); the client is disconnected", link.pid)
+            conn = link.handed_out.get(message.conn_id)
+            if conn is None:
+                self.log.error("worker %s parked connection %d, which it does not hold",
+                               link.pid, message.conn_id)
                 return
-            sock = socket_from_fd(received.fd, message.family)
-            self._handoff.park(ClientConnection(message.conn_id, sock, message.leftover))
+            self._handoff.park(conn, message.leftover)
+        elif isinstance(message, messages.Taken):
+            pass  # legacy acknowledgement (the ASGI worker): the master keeps its copy anyway
         elif isinstance(message, messages.Refused):
             self._scheduler.release(link)
             self._handoff.refused(link, message.conn_id)
@@ -222,4 +264,3 @@ class Links:
             os.close(received.fd)
         self.log.error("worker %s sent an unexpected %s", link.pid,
                        type(received.message).__name__)
-

@@ -1,21 +1,18 @@
 """One state per client connection the master holds, and the only transitions allowed.
 
-Every connection the master accepts (or a worker hands back to park) is a
-:class:`ClientConnection` in exactly one :class:`ConnState`. Each change of state is an
-:class:`Event`; :data:`TRANSITIONS` lists every allowed ``(state, event) -> state`` pair, in
-one place. Anything else is a bug in the master: :func:`advance` raises
-:class:`TransitionError` rather than let a connection be in two places (or none).
+Every connection the master accepts is a :class:`ClientConnection` in exactly one
+:class:`ConnState`. Each change of state is an :class:`Event`; :data:`TRANSITIONS` lists every
+allowed ``(state, event) -> state`` pair, in one place. Anything else is a bug in the master:
+:func:`advance` raises :class:`TransitionError` rather than let a connection be in two places
+(or none).
 
 ::
 
     state             event            next state        what happened
     NEW               HEAD_PENDING     WAITING_FOR_HEAD  accepted; its head is not all there
-    NEW               HEAD_READY       QUEUED            accepted with its whole request there,
-                                                         or handed back with a whole request
+    NEW               HEAD_READY       QUEUED            accepted with its whole request there
     NEW               BODY_PENDING     WAITING_FOR_BODY  accepted with its head; a body of at most
                                                          FDPASS_BODY_BUFFER bytes is on its way
-    NEW               PARKED           PARKED_IDLE       a worker handed it back idle
-    NEW               PARKED_PARTIAL   PARKED_STARTED    ... with part of the next head read
     WAITING_FOR_HEAD  HEAD_READY       QUEUED            the head arrived (and its body, if any)
     WAITING_FOR_HEAD  BODY_PENDING     WAITING_FOR_BODY  the head arrived, its body has not
     WAITING_FOR_BODY  HEAD_READY       QUEUED            the rest of the body arrived
@@ -28,8 +25,11 @@ one place. Anything else is a bug in the master: :func:`advance` raises
                                                          back (a reserve moves, the worker
                                                          drains or died), or refused by the
                                                          worker (its fd was lost)
-    HANDED_OUT        TAKEN            CLOSED            the worker confirmed: it owns the
-                                                         connection, the master closes its copy
+    HANDED_OUT        FINISHED         CLOSED            the worker is done with it (Done): the
+                                                         master closes its copy
+    HANDED_OUT        PARKED           PARKED_IDLE       the worker handed it back idle (Park)
+    HANDED_OUT        PARKED_PARTIAL   PARKED_STARTED    ... with part of the next head read
+    HANDED_OUT        HEAD_READY       QUEUED            ... with a whole next request read
     any but CLOSED    DROPPED          CLOSED            hang-up, timeout (408), shed (503),
                                                          eviction, refused too often, shutdown,
                                                          bytes refused at once (400, 403)
@@ -39,9 +39,11 @@ enough to wait for in the master (:mod:`~gunicorn_fdpass.http.arrival` decides).
 
 While it waits for bytes (WAITING_FOR_HEAD, WAITING_FOR_BODY, PARKED_*) a connection is watched
 by epoll and has a timer; QUEUED ones are in the master's FIFO queue; HANDED_OUT ones are in a
-worker link's ``untaken`` map (the master keeps its copy until ``Taken``, so a worker that dies
-first loses nothing). :class:`~gunicorn_fdpass.master.table.ConnectionTable` is the one owner
-that moves connections between those places, always together with the state.
+worker link's ``handed_out`` map: the master keeps its copy of the socket until the worker says
+``Done`` or hands it back with ``Park`` (which then needs no fd), and a handoff still unread in
+the inbox can be taken back.
+:class:`~gunicorn_fdpass.master.table.ConnectionTable` is the one owner that moves
+connections between those places, always together with the state.
 
 Cost: the master's per-connection CPU is the project's bottleneck, so a transition is two
 tuple indexings and one attribute write, and the state lives in a ``__slots__`` attribute.
@@ -49,9 +51,11 @@ tuple indexings and one attribute write, and the state lives in a ``__slots__`` 
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final
 
 from ..errors import FdpassError
 
@@ -59,12 +63,12 @@ from ..errors import FdpassError
 class ConnState(IntEnum):
     """Where a connection is in the master (an int: it indexes the transition table)."""
 
-    NEW = 0  # just accepted, or just handed back by a worker: not placed yet
+    NEW = 0  # just accepted: not placed yet
     WAITING_FOR_HEAD = 1  # watched: its first request head has not fully arrived
     PARKED_IDLE = 2  # watched: an idle keep-alive connection, nothing of the next request yet
     PARKED_STARTED = 3  # watched: a keep-alive connection whose next head is under way
     QUEUED = 4  # in the master's queue, waiting for a worker
-    HANDED_OUT = 5  # sent to a worker, not confirmed yet (maybe still unread in its inbox)
+    HANDED_OUT = 5  # sent to a worker (maybe still unread in its inbox), not back or done
     CLOSED = 6  # the master holds it no more (closed, answered, or the worker's now)
     # Last, so that the values stay the positions the transition table is indexed by.
     WAITING_FOR_BODY = 7  # watched: its head is here, a small body is still on its way
@@ -80,7 +84,7 @@ class Event(IntEnum):
     NEXT_HEAD_BEGAN = 4
     SENT = 5
     TAKEN_BACK = 6
-    TAKEN = 7
+    FINISHED = 7
     DROPPED = 8
     BODY_PENDING = 9
 
@@ -92,8 +96,6 @@ _E = Event
 TRANSITIONS: Final[dict[tuple[ConnState, Event], ConnState]] = {
     (_S.NEW, _E.HEAD_PENDING): _S.WAITING_FOR_HEAD,
     (_S.NEW, _E.HEAD_READY): _S.QUEUED,
-    (_S.NEW, _E.PARKED): _S.PARKED_IDLE,
-    (_S.NEW, _E.PARKED_PARTIAL): _S.PARKED_STARTED,
     (_S.NEW, _E.BODY_PENDING): _S.WAITING_FOR_BODY,
     (_S.NEW, _E.DROPPED): _S.CLOSED,
     (_S.WAITING_FOR_HEAD, _E.HEAD_READY): _S.QUEUED,
@@ -111,7 +113,10 @@ TRANSITIONS: Final[dict[tuple[ConnState, Event], ConnState]] = {
     (_S.QUEUED, _E.SENT): _S.HANDED_OUT,
     (_S.QUEUED, _E.DROPPED): _S.CLOSED,
     (_S.HANDED_OUT, _E.TAKEN_BACK): _S.QUEUED,
-    (_S.HANDED_OUT, _E.TAKEN): _S.CLOSED,
+    (_S.HANDED_OUT, _E.FINISHED): _S.CLOSED,
+    (_S.HANDED_OUT, _E.PARKED): _S.PARKED_IDLE,
+    (_S.HANDED_OUT, _E.PARKED_PARTIAL): _S.PARKED_STARTED,
+    (_S.HANDED_OUT, _E.HEAD_READY): _S.QUEUED,
     (_S.HANDED_OUT, _E.DROPPED): _S.CLOSED,
 }
 
@@ -136,24 +141,55 @@ class TransitionError(FdpassError):
 
 
 class ClientConnection:
-    """The master's record of one client connection while the master holds it."""
+    """The master's record of one client connection while the master holds it.
 
-    __slots__ = ("conn_id", "prefix", "proxy_ok", "refusals", "refused_by", "since", "sock",
-                 "state")
+    It keeps the raw ``fd``: the master's hot path (:mod:`.fastpath`) needs no socket object,
+    whose making costs a ``getsockname``. :attr:`sock` makes one on first use, for the rarer
+    paths (answering 408 or 503, a head that needs a closer look).
+    """
 
-    def __init__(self, conn_id: int, sock: socket.socket, prefix: bytes = b"") -> None:
+    __slots__ = ("_sock", "conn_id", "family", "fd", "holder", "prefix", "proxy_ok", "refusals",
+                 "refused_by", "since", "state")
+
+    def __init__(self, conn_id: int, sock: socket.socket | None, prefix: bytes = b"",
+                 fd: int = -1, family: int = socket.AF_INET) -> None:
         self.conn_id = conn_id
-        self.sock = sock
+        self._sock = sock
+        if sock is not None:
+            fd, family = sock.fileno(), sock.family
+        #: The master's copy of the client socket (-1 once closed).
+        self.fd = fd
+        self.family = family
         #: Bytes of the next request a worker already read (handed back with a Park).
         self.prefix = prefix
         self.refusals = 0
         #: The worker that refused it last (out of fds): the next try goes elsewhere if it can.
         self.refused_by: object | None = None
+        #: The worker link it is handed out to (while HANDED_OUT).
+        self.holder: Any = None
         #: When it entered its current timer, the queue, or a worker's inbox.
         self.since = 0.0
         self.state = ConnState.NEW
-        #: The peer may send a PROXY header (it is in ``proxy_allow_ips``).
-        self.proxy_ok = True
+        #: The peer may send a PROXY header (it is in ``proxy_allow_ips``); None: not known
+        #: yet (the fast path reads no peer address; the intake asks when it must).
+        self.proxy_ok: bool | None = None
+
+    @property
+    def sock(self) -> socket.socket:
+        """A socket object over :attr:`fd`, made on first use (it owns the fd from then on)."""
+        if self._sock is None:
+            if self.fd < 0:
+                raise OSError(errno.EBADF, "connection already closed")
+            self._sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fileno=self.fd)
+        return self._sock
+
+    def close(self) -> None:
+        """Close the master's copy (idempotent)."""
+        if self._sock is not None:
+            self._sock.close()
+        elif self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
 
     def has_bytes(self) -> bool:
         """True if the client sent anything not yet consumed (a request under way)."""
@@ -194,6 +230,14 @@ class ClientConnection:
         except OSError:
             return False
         return open_
+
+    def give_socket(self) -> socket.socket:
+        """Hand the socket object over to a new owner (the linger list): this record holds
+        no fd any more, and :meth:`close` does nothing."""
+        sock = self.sock
+        self._sock = None
+        self.fd = -1
+        return sock
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.conn_id} {self.state.name}>"

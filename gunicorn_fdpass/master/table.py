@@ -2,7 +2,7 @@
 
 Every transition of :mod:`~gunicorn_fdpass.master.states` happens in a method here, together
 with the move between the places that go with the states: epoll and a timer while the
-connection waits for bytes, the queue, a worker link's ``untaken`` map. So a connection's
+connection waits for bytes, the queue, a worker link's ``handed_out`` map. So a connection's
 state and the container holding it cannot disagree (:meth:`ConnectionTable.audit` checks
 that in tests).
 """
@@ -36,7 +36,7 @@ _PARKED_PARTIAL: Final = Event.PARKED_PARTIAL
 _NEXT_HEAD_BEGAN: Final = Event.NEXT_HEAD_BEGAN
 _SENT: Final = Event.SENT
 _TAKEN_BACK: Final = Event.TAKEN_BACK
-_TAKEN: Final = Event.TAKEN
+_FINISHED: Final = Event.FINISHED
 _DROPPED: Final = Event.DROPPED
 
 
@@ -86,12 +86,16 @@ class ConnectionTable:
         self._watch(conn, self.new, now)
 
     def park(self, conn: ClientConnection, now: float) -> None:
-        """NEW -> PARKED_IDLE, or PARKED_STARTED if it holds part of the next head."""
+        """HANDED_OUT -> PARKED_IDLE, or PARKED_STARTED if it holds part of the next head:
+        its worker handed it back (``conn.prefix`` is what that worker read past its last
+        request)."""
         if conn.prefix:
             advance(conn, _PARKED_PARTIAL)
+            self._release(conn)
             self._watch(conn, self.started, now)
         else:
             advance(conn, _PARKED)
+            self._release(conn)
             self._watch(conn, self.idle, now)
 
     def head_began(self, conn: ClientConnection, now: float) -> None:
@@ -113,10 +117,14 @@ class ConnectionTable:
     # -- the queue and the workers ---------------------------------------------------------
 
     def enqueue(self, conn: ClientConnection, now: float) -> None:
-        """NEW / WAITING_FOR_HEAD / PARKED_* -> QUEUED, at the back."""
-        timer = self._timers[advance(conn, _HEAD_READY)]
+        """NEW / WAITING_FOR_HEAD / PARKED_* / HANDED_OUT (handed back with a whole request)
+        -> QUEUED, at the back."""
+        was = advance(conn, _HEAD_READY)
+        timer = self._timers[was]
         if timer is not None:
             self._unwatch(conn, timer)
+        elif was is _HANDED_OUT:
+            self._release(conn)
         conn.since = now
         self.queue.append(conn)
 
@@ -125,29 +133,32 @@ class ConnectionTable:
         conn = self.queue[0]
         advance(conn, _SENT)
         self.queue.popleft()
-        link.untaken[conn.conn_id] = conn
+        link.handed_out[conn.conn_id] = conn
+        conn.holder = link
         conn.since = now  # from now on: how long it waits unread in the inbox
         return conn
 
-    def taken(self, link: WorkerLink, conn_id: int) -> None:
-        """HANDED_OUT -> CLOSED: the worker holds it now; the master closes its copy."""
-        conn = link.untaken.pop(conn_id, None)
+    def finished(self, link: WorkerLink, conn_id: int) -> None:
+        """HANDED_OUT -> CLOSED: the worker is done with it; the master closes its copy."""
+        conn = link.handed_out.pop(conn_id, None)
         if conn is not None:
-            advance(conn, _TAKEN)
-            conn.sock.close()
+            advance(conn, _FINISHED)
+            conn.holder = None
+            conn.close()
 
     def take_back(self, link: WorkerLink, conn_ids: Iterable[int]) -> int:
-        """HANDED_OUT -> QUEUED for those of ``conn_ids`` that ``link`` has not taken.
+        """HANDED_OUT -> QUEUED for those of ``conn_ids`` that ``link`` holds.
 
         They go to the head of the queue, in the given order: they are the oldest work.
         Returns how many there were.
         """
         back: list[ClientConnection] = []
-        untaken = link.untaken
+        handed_out = link.handed_out
         for conn_id in conn_ids:
-            conn = untaken.pop(conn_id, None)
+            conn = handed_out.pop(conn_id, None)
             if conn is not None:
                 advance(conn, _TAKEN_BACK)
+                conn.holder = None
                 back.append(conn)
         self.queue.extendleft(reversed(back))
         return len(back)
@@ -158,7 +169,7 @@ class ConnectionTable:
               link: WorkerLink | None = None) -> None:
         """Any state but CLOSED -> CLOSED: answer ``answer`` (if given) and close.
 
-        ``link`` is the worker holding it, for a HANDED_OUT connection.
+        ``link`` (optional) is the worker holding a HANDED_OUT connection.
         """
         was = advance(conn, _DROPPED)
         timer = self._timers[was]
@@ -170,18 +181,21 @@ class ConnectionTable:
             else:
                 self.queue.remove(conn)
         elif was is _HANDED_OUT:
-            if link is None:
-                raise ValueError("closing a handed-out connection needs its worker link")
-            del link.untaken[conn.conn_id]
+            if link is not None and link is not conn.holder:
+                raise ValueError(f"{conn!r} is not held by {link!r}")
+            self._release(conn)
         if answer is None:
-            # Unread bytes would turn the close into a reset (a client that sent half a
-            # head and shut its side must see FIN, not RST).
-            conn.discard_input()
-            conn.sock.close()
+            if was is not _HANDED_OUT:
+                # Unread bytes would turn the close into a reset (a client that sent half a
+                # head and shut its side must see FIN, not RST). Not from a handed-out one:
+                # what is pending there is its worker's to read.
+                conn.discard_input()
+            conn.close()
         elif conn.answer(answer):
-            self.linger.add(conn.sock)  # it may still be sending: read and drop it a while
+            # It may still be sending: read and drop it a while (the linger list owns it now).
+            self.linger.add(conn.give_socket())
         else:
-            conn.sock.close()
+            conn.close()
 
     def close_all(self, links: Sequence[WorkerLink], *, in_child: bool) -> None:
         """Close every connection (master shutdown, or a freshly forked child's copies).
@@ -195,15 +209,16 @@ class ConnectionTable:
             else:
                 self._loop.unwatch(fd)
         for conn in itertools.chain(self.queue, self.watched.values(),
-                                    *(link.untaken.values() for link in links)):
+                                    *(link.handed_out.values() for link in links)):
             advance(conn, _DROPPED)
-            conn.sock.close()
+            conn.holder = None
+            conn.close()
         self.queue.clear()
         self.watched.clear()
         for timer in (self.new, self.idle, self.started, self.body):
             timer.clear()
         for link in links:
-            link.untaken.clear()
+            link.handed_out.clear()
         self.linger.close_all(in_child=in_child)
 
     def audit(self, links: Sequence[WorkerLink]) -> None:
@@ -211,8 +226,13 @@ class ConnectionTable:
         places: list[tuple[str, ClientConnection, set[ConnState]]] = []
         places += [("queue", c, {_QUEUED}) for c in self.queue]
         places += [("watched", c, set(WATCHED_STATES)) for c in self.watched.values()]
-        places += [("untaken", c, {_HANDED_OUT}) for link in links
-                   for c in link.untaken.values()]
+        places += [("handed_out", c, {_HANDED_OUT}) for link in links
+                   for c in link.handed_out.values()]
+        for link in links:
+            for c in link.handed_out.values():
+                if c.holder is not link:
+                    raise AssertionError(f"{c!r} is handed out to {link!r} but held by "
+                                         f"{c.holder!r}")
         for place, conn, allowed in places:
             if conn.state not in allowed:
                 raise AssertionError(f"{conn!r} is in {place}")
@@ -224,14 +244,19 @@ class ConnectionTable:
         if timed != len(self.watched):
             raise AssertionError(f"{timed} timers for {len(self.watched)} watched connections")
 
+    def _release(self, conn: ClientConnection) -> None:
+        """Out of its worker link's ``handed_out`` map (its state says it left)."""
+        del conn.holder.handed_out[conn.conn_id]
+        conn.holder = None
+
     def _watch(self, conn: ClientConnection, timer: Timeouts, now: float) -> None:
-        fd = conn.sock.fileno()
+        fd = conn.fd
         self.watched[fd] = conn
         timer.add(conn, now)
         self._loop.watch(fd, _WATCH_EVENTS, self.on_client, conn)
 
     def _unwatch(self, conn: ClientConnection, timer: Timeouts) -> None:
-        fd = conn.sock.fileno()
+        fd = conn.fd
         del self.watched[fd]
         self._loop.unwatch(fd)
         timer.remove(conn)

@@ -3,8 +3,9 @@
 Thin by design: it maps Gunicorn's ``cfg`` onto the HTTP handler's settings, receives
 connections from the master over its channel, serves them with
 :func:`~gunicorn_fdpass.worker.connection.serve_connection`, and reports back (``Done``, or
-``Park`` with the fd for a connection handed back). With ``--threads N`` it serves N
-connections at once and announces a capacity of N to the master. It implements the
+``Park`` for a connection handed back: the master kept its copy of the fd). With
+``--threads N`` it serves N connections at once and announces a capacity of N to the master.
+It implements the
 :class:`~gunicorn_fdpass.worker.api.RequestHooks` the connection loop calls.
 """
 
@@ -114,14 +115,15 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
                     if received.fd is None:
                         self.channel.send(messages.Refused(message.conn_id))
                         continue
-                    self.channel.send(messages.Taken(message.conn_id))
+                    # No acknowledgement: the master keeps its copy until Done or Park, and
+                    # takes back only what is still unread in the inbox.
                     if pool is None:
                         self._serve(message, received.fd)
                         self._read_channel()
                     else:
                         in_flight.add(pool.submit(self._serve, message, received.fd))
                 in_flight = {f for f in in_flight if not f.done()}
-            # Handoffs still unread in the inbox were never Taken: the master takes them back.
+            # Handoffs still unread in the inbox were never read: the master takes them back.
             self.channel.send(messages.Draining())
             self._finish(in_flight)
         except PeerGone:
@@ -186,9 +188,9 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
             # Idle only comes from the keep-alive decision, which never hands back a
             # connection that cannot be parked (TLS); the leftover must also fit a message.
             if isinstance(outcome, Idle) and len(outcome.leftover) <= messages.MAX_PAYLOAD:
-                self.channel.send(messages.Park(conn_id, outcome.leftover, client.family),
-                                  client.fileno())
+                # The master still has its copy of the fd: only the message travels.
                 client.close()
+                self.channel.send(messages.Park(conn_id, outcome.leftover, client.family))
             else:
                 client.close()
                 self.channel.send(messages.Done(conn_id))

@@ -131,10 +131,9 @@ def take_and_park(w: FakeWorker, rig: Rig, leftover: bytes = b"") -> int:
     got = recv_until(w, rig)
     assert isinstance(got.message, protocol.Handoff) and got.fd is not None
     conn_id = got.message.conn_id
-    w.send(protocol.Taken(conn_id))
     consume_request(got.fd)
-    w.send(protocol.Park(conn_id, leftover, socket.AF_INET), got.fd)
-    os.close(got.fd)
+    os.close(got.fd)  # the master kept its copy: only the message goes back
+    w.send(protocol.Park(conn_id, leftover, socket.AF_INET))
     return conn_id
 
 
@@ -155,30 +154,33 @@ def rig() -> Iterator[Rig]:
     r.close()
 
 
-def test_connection_goes_to_worker_and_master_closes_copy_after_taken(rig: Rig) -> None:
+def test_connection_goes_to_worker_and_master_closes_its_copy_after_done(rig: Rig) -> None:
     w = rig.worker()
     client = rig.connect()
     got = recv_until(w, rig)
     assert isinstance(got.message, protocol.Handoff) and got.fd is not None
-    w.send(protocol.Taken(got.message.conn_id))
     rig.spin()
     assert rig.dispatcher.counts()["busy"] == 1
     with socket.socket(fileno=got.fd) as served:
+        assert served.recv(len(GET)) == GET
         served.sendall(b"hello")
         assert client.recv(5) == b"hello"
-        served.shutdown(socket.SHUT_RDWR)
-    # the master closed its copy, so the client sees end of file
-    client.settimeout(2)
-    assert client.recv(1) == b""
+    # The worker closed its copy without a shutdown; the master still holds one, so the
+    # client sees no end of file yet (no acknowledgement travels: the master keeps its copy
+    # until Done).
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client.recv(1)
     w.send(protocol.Done(got.message.conn_id))
     rig.spin()
     assert rig.dispatcher.counts()["busy"] == 0
+    client.settimeout(2)
+    assert client.recv(1) == b""  # the master closed its copy
 
 
 def _serve(w: FakeWorker, got: Received) -> None:
     """Act as a worker serving a handoff to the end."""
     assert isinstance(got.message, protocol.Handoff) and got.fd is not None
-    w.send(protocol.Taken(got.message.conn_id))
     socket.socket(fileno=got.fd).close()
     w.send(protocol.Done(got.message.conn_id))
 
@@ -273,21 +275,30 @@ def test_least_busy_worker_gets_the_next_connection(rig: Rig) -> None:
         socket.socket(fileno=got.fd).close()
 
 
-def test_untaken_connections_move_to_another_worker_when_a_worker_dies(rig: Rig) -> None:
+def test_a_dying_workers_unread_handoffs_go_to_another_worker_and_read_ones_close(
+        rig: Rig) -> None:
     a = rig.worker(capacity=1)
-    client = rig.connect()
-    got = recv_until(a, rig)
+    served_client = rig.connect()
+    got = recv_until(a, rig)  # read: from now on the worker's to serve
     assert got.fd is not None
-    socket.socket(fileno=got.fd).close()  # received, but never Taken
+    reserve_client = rig.connect()
+    rig.spin()
+    assert _peek_inbox(a)  # its reserve, unread
+    with socket.socket(fileno=got.fd) as served:
+        assert served.recv(len(GET)) == GET  # the worker started on it...
+    a.close()  # ...and dies
+    rig.spin()
+    # The one it had read is closed by the master (the worker may have answered part of it).
+    served_client.settimeout(2)
+    assert served_client.recv(1) == b""
+    assert rig.dispatcher.counts()["queued"] == 1  # the unread one is back in the queue
     b = rig.worker(capacity=1)
-    a.close()  # the worker dies
     again = recv_until(b, rig)
-    assert isinstance(again.message, protocol.Handoff)
-    assert again.message.conn_id == got.message.conn_id  # type: ignore[union-attr]
-    assert again.fd is not None
+    assert isinstance(again.message, protocol.Handoff) and again.fd is not None
+    assert again.message.conn_id != got.message.conn_id  # type: ignore[union-attr]
     with socket.socket(fileno=again.fd) as served:
         served.sendall(b"still here")
-        assert client.recv(10) == b"still here"
+        assert reserve_client.recv(10) == b"still here"
     assert rig.dispatcher.stats["requeued"] == 1
 
 
@@ -314,6 +325,28 @@ def test_parked_connection_returns_to_a_worker_when_data_arrives(rig: Rig) -> No
     client.sendall(b"TP/1.1\r\n\r\n")
     again = recv_until(w, rig)
     assert again.message == protocol.Handoff(conn_id, b"GET / HT", socket.AF_INET)
+    assert again.fd is not None
+    socket.socket(fileno=again.fd).close()
+
+
+def test_a_worker_that_still_acknowledges_and_parks_with_the_fd_is_served(rig: Rig) -> None:
+    # The ASGI worker still sends Taken and a Park with its fd (as before issue 11): the
+    # master ignores the Taken, closes the fd that came with the Park and keeps its own copy.
+    w = rig.worker(capacity=1)
+    client = rig.connect()
+    got = recv_until(w, rig)
+    assert isinstance(got.message, protocol.Handoff) and got.fd is not None
+    conn_id = got.message.conn_id
+    w.send(protocol.Taken(conn_id))
+    consume_request(got.fd)
+    w.send(protocol.Park(conn_id, b"", socket.AF_INET), got.fd)
+    os.close(got.fd)
+    rig.spin()
+    assert rig.dispatcher.counts()["parked"] == 1
+    rig.dispatcher.audit()
+    client.sendall(GET)
+    again = recv_until(w, rig)
+    assert again.message == protocol.Handoff(conn_id, b"", socket.AF_INET)
     assert again.fd is not None
     socket.socket(fileno=again.fd).close()
 
@@ -504,7 +537,6 @@ def test_graceful_shutdown_serves_queued_work_then_closes_idle(rig: Rig) -> None
     busy_client = rig.connect()
     got = recv_until(w, rig)
     assert got.fd is not None
-    w.send(protocol.Taken(got.message.conn_id))  # type: ignore[union-attr]
     queued = rig.connect()
     idle = rig.connect(send=b"")
     late_sender = rig.connect(send=b"")
@@ -523,7 +555,6 @@ def test_graceful_shutdown_serves_queued_work_then_closes_idle(rig: Rig) -> None
     for _ in range(2):  # the queued one and the late sender's are both still served
         handed = recv_until(w, rig)
         assert isinstance(handed.message, protocol.Handoff) and handed.fd is not None
-        w.send(protocol.Taken(handed.message.conn_id))
         socket.socket(fileno=handed.fd).close()
         w.send(protocol.Done(handed.message.conn_id))
     rig.spin()

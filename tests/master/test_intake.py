@@ -9,11 +9,14 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from gunicorn_fdpass.http.arrival import Verdict
 from gunicorn_fdpass.http.request_rules import AddressAllowList
 from gunicorn_fdpass.link import messages as protocol
+from gunicorn_fdpass.master import intake
 from gunicorn_fdpass.master.linger import LINGER_SECONDS
 from tests.master.test_dispatcher import FakeWorker, Rig, assert_full_head, recv_until
 
@@ -35,8 +38,6 @@ def handed_bytes(w: FakeWorker, rig: Rig, expect: int) -> bytes:
     got = recv_until(w, rig)
     assert isinstance(got.message, protocol.Handoff) and got.fd is not None
     assert got.message.prefix == b""
-    w.send(protocol.Taken(got.message.conn_id))
-    rig.spin()
     with socket.socket(fileno=got.fd) as sock:
         sock.settimeout(2)
         data = b""
@@ -153,6 +154,48 @@ def test_bytes_that_cannot_begin_a_request_get_400_at_once(
     assert w.recv() is None
     assert rig.dispatcher.stats["rejected"] == 1
     assert any("Invalid request from" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("junk", [b"\x00\x01\x02\x03", b"GE(T / HTTP/1.1\r\n", b"\r\n\r\n",
+                                  b"GET\t/ HTTP/1.1\r\n", bytes.fromhex("160301020001")])
+def test_bytes_that_cannot_begin_a_request_get_400_at_once_when_sent_after_the_accept(
+        rig: Rig, junk: bytes) -> None:
+    # The connection is watched first (nothing sent yet); then the fast path's peek must not
+    # take the junk for a head in progress: it goes to classify(), which refuses it.
+    w = rig.worker()
+    client = rig.connect(send=b"")
+    rig.spin()
+    assert rig.dispatcher.counts()["waiting_for_head"] == 1
+    client.sendall(junk)
+    rig.spin()
+    client.settimeout(2)
+    assert client.recv(4096).startswith(b"HTTP/1.1 400 ")
+    assert w.recv() is None
+    assert rig.dispatcher.stats["rejected"] == 1
+
+
+def test_only_what_is_not_a_plain_head_is_asked_of_classify(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[bytes] = []
+    real = intake.classify
+
+    def counting(data: bytes | bytearray, length: int, *args: Any) -> Verdict:
+        asked.append(bytes(data[:length]))
+        return real(data, length, *args)
+
+    monkeypatch.setattr(intake, "classify", counting)
+    w = rig.worker(capacity=4)
+    rig.connect(send=GET)  # plain: accept, the fast verdict, the queue
+    late = rig.connect(send=b"")  # plain too, once it has all come
+    rig.spin()
+    late.sendall(GET)
+    for _ in range(2):
+        assert handed_bytes(w, rig, len(GET)) == GET
+    assert asked == []
+    request = HEAD + b"Content-Length: 3\r\n\r\nabc"
+    rig.connect(send=request)  # a body: classify() decides
+    assert handed_bytes(w, rig, len(request)) == request
+    assert asked == [request]
 
 
 def test_tls_client_hello_on_a_plain_port_gets_400_and_one_warning(

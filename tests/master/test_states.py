@@ -41,8 +41,6 @@ def test_the_table_is_exactly_the_documented_life_of_a_connection() -> None:
     assert {
         (S.NEW, E.HEAD_PENDING): S.WAITING_FOR_HEAD,
         (S.NEW, E.HEAD_READY): S.QUEUED,
-        (S.NEW, E.PARKED): S.PARKED_IDLE,
-        (S.NEW, E.PARKED_PARTIAL): S.PARKED_STARTED,
         (S.WAITING_FOR_HEAD, E.HEAD_READY): S.QUEUED,
         (S.PARKED_IDLE, E.NEXT_HEAD_BEGAN): S.PARKED_STARTED,
         (S.PARKED_IDLE, E.HEAD_READY): S.QUEUED,
@@ -55,7 +53,10 @@ def test_the_table_is_exactly_the_documented_life_of_a_connection() -> None:
         (S.WAITING_FOR_BODY, E.HEAD_READY): S.QUEUED,
         (S.QUEUED, E.SENT): S.HANDED_OUT,
         (S.HANDED_OUT, E.TAKEN_BACK): S.QUEUED,
-        (S.HANDED_OUT, E.TAKEN): S.CLOSED,
+        (S.HANDED_OUT, E.FINISHED): S.CLOSED,
+        (S.HANDED_OUT, E.PARKED): S.PARKED_IDLE,
+        (S.HANDED_OUT, E.PARKED_PARTIAL): S.PARKED_STARTED,
+        (S.HANDED_OUT, E.HEAD_READY): S.QUEUED,
         **{(state, E.DROPPED): S.CLOSED for state in S if state is not S.CLOSED},
     } == TRANSITIONS
 
@@ -111,13 +112,22 @@ def link() -> WorkerLink:
     return WorkerLink(a, b, b)
 
 
+def handed_out(table: ConnectionTable, worker: WorkerLink, conn: ClientConnection,
+               now: float) -> None:
+    """Put a NEW connection into ``worker``'s hands, as the master does."""
+    table.enqueue(conn, now)
+    assert table.hand_out(worker, now) is conn
+
+
 def test_the_table_keeps_each_connection_where_its_state_says(table: ConnectionTable) -> None:
     worker = link()
     waiting, parked = fresh(1), fresh(2)
     table.wait_for_head(waiting, now=10.0)
-    table.park(parked, now=10.0)
+    handed_out(table, worker, parked, now=9.0)
+    table.park(parked, now=10.0)  # its worker handed it back
     assert (waiting.state, parked.state) == (S.WAITING_FOR_HEAD, S.PARKED_IDLE)
-    assert set(table.watched.values()) == {waiting, parked}
+    assert set(table.watched.values()) == {waiting, parked} and not worker.handed_out
+    assert parked.holder is None
     assert (len(table.new), len(table.idle)) == (1, 1)
     table.head_began(parked, now=11.0)
     assert parked.state is S.PARKED_STARTED and len(table.started) == 1
@@ -126,15 +136,55 @@ def test_the_table_keeps_each_connection_where_its_state_says(table: ConnectionT
     assert list(table.queue) == [waiting, parked] and not table.watched
     table.audit([worker])
     assert table.hand_out(worker, now=13.0) is waiting
-    assert waiting.state is S.HANDED_OUT and worker.untaken == {1: waiting}
+    assert waiting.state is S.HANDED_OUT and worker.handed_out == {1: waiting}
+    assert waiting.holder is worker
     table.audit([worker])
     assert table.take_back(worker, [1, 99]) == 1  # an unknown id is ignored
     assert list(table.queue) == [waiting, parked]  # back at the head
     table.hand_out(worker, now=14.0)
-    table.taken(worker, 1)
-    assert waiting.state is S.CLOSED and waiting.sock.fileno() == -1
+    fd = waiting.fd
+    table.finished(worker, 1)
+    assert waiting.state is S.CLOSED and waiting.fd == -1
+    with pytest.raises(OSError):
+        socket.socket(fileno=fd).close()  # the master's copy is closed
     table.audit([worker])
     worker.close()
+
+
+def test_a_connection_handed_back_with_part_of_a_head_waits_with_the_head_timeout(
+        table: ConnectionTable) -> None:
+    worker = link()
+    conn = fresh()
+    handed_out(table, worker, conn, now=1.0)
+    conn.prefix = b"GET / HT"
+    table.park(conn, now=2.0)
+    assert conn.state is S.PARKED_STARTED and conn in table.started
+    table.audit([worker])
+    worker.close()
+
+
+def test_a_connection_handed_back_with_a_whole_request_is_queued(
+        table: ConnectionTable) -> None:
+    worker = link()
+    conn = fresh()
+    handed_out(table, worker, conn, now=1.0)
+    table.enqueue(conn, now=2.0)
+    assert conn.state is S.QUEUED and list(table.queue) == [conn] and not worker.handed_out
+    table.audit([worker])
+    worker.close()
+
+
+def test_audit_finds_a_handed_out_connection_held_by_another_link(
+        table: ConnectionTable) -> None:
+    worker, other = link(), link()
+    conn = fresh()
+    handed_out(table, worker, conn, now=1.0)
+    conn.holder = other  # what a bug moving it by hand would do
+    with pytest.raises(AssertionError, match="held by"):
+        table.audit([worker, other])
+    conn.holder = worker
+    worker.close()
+    other.close()
 
 
 def test_closing_removes_a_connection_from_wherever_it_is(table: ConnectionTable) -> None:
@@ -149,7 +199,7 @@ def test_closing_removes_a_connection_from_wherever_it_is(table: ConnectionTable
     table.close(conns[1], link=worker)  # handed out
     table.close(conns[0], answer=b"HTTP/1.1 408 Request Timeout\r\n\r\n")  # watched
     assert all(c.state is S.CLOSED for c in conns)
-    assert not (table.queue or table.watched or worker.untaken or len(table.new))
+    assert not (table.queue or table.watched or worker.handed_out or len(table.new))
     with pytest.raises(TransitionError):
         table.close(conns[0])  # closing twice is a bug
     worker.close()
@@ -162,7 +212,7 @@ def test_a_connection_in_the_wrong_state_is_refused_before_anything_moves(
     with pytest.raises(TransitionError):
         table.head_began(conn, 2.0)  # only a parked idle connection can begin a next head
     with pytest.raises(TransitionError):
-        table.park(conn, 2.0)
+        table.park(conn, 2.0)  # only a handed-out connection can be handed back
     assert conn.state is S.WAITING_FOR_HEAD and table.watched and len(table.new) == 1
     table.audit([])
 
