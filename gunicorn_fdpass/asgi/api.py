@@ -46,9 +46,10 @@ class WorkerSide(Protocol):
     def access(self, resp: ResponseInfo, req: RequestInfo, environ: dict[str, Any],
                request_time: datetime.timedelta) -> None: ...
 
-    def hand_back(self, conn: AsgiConnection, fd: int, leftover: bytes) -> bool:
-        """Send the idle connection back to the master (``Park``); False if that failed
-        (then the connection closes)."""
+    def hand_back(self, conn: AsgiConnection, leftover: bytes) -> bool:
+        """Send the idle connection back to the master (``Park``: the master kept its copy
+        of the fd, so only the message travels); False if that failed (then the connection
+        closes)."""
         ...
 
     def ended(self, conn: AsgiConnection) -> None:

@@ -348,11 +348,10 @@ class AsgiConnection(asyncio.Protocol):
                 return
         if self.gone:
             return
-        sock = transport.get_extra_info("socket")
-        if self.side.hand_back(self, sock.fileno(), leftover):
+        if self.side.hand_back(self, leftover):
             self.handed_back = True
             self.closing = True
-            transport.abort()  # closes our fd only; the master has its own now
+            transport.abort()  # closes our fd only; the master kept its own
         else:
             self.close()
 

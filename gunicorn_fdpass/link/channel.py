@@ -82,7 +82,7 @@ class Channel:
         """
         if fd is None and messages.carries_fd(message):
             raise ProtocolError(f"{type(message).__name__} must be sent with exactly one fd")
-        if fd is not None and not messages.may_carry_fd(message):
+        if fd is not None and not messages.carries_fd(message):
             raise ProtocolError(f"{type(message).__name__} carries no fd")
         data = messages.encode(message)
         ancillary = []

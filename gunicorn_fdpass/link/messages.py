@@ -19,9 +19,8 @@ in its channel; see :mod:`~gunicorn_fdpass.master.links`)::
       | --------- Closing ------------> |   the master is stopping: end connections after
                                             the current response (``Connection: close``)
 
-``Taken`` (a worker's acknowledgement of a handoff, before issue 11) and an fd beside ``Park``
-are still understood and ignored: the master keeps its own copy of a handed-out fd now, and
-the ASGI worker still sends both.
+Kind 3 (``TAKEN``, a worker's acknowledgement of a handoff) is retired: the master keeps its
+own copy of a handed-out fd until ``Done`` or ``Park``, so nothing needs acknowledging.
 """
 
 from __future__ import annotations
@@ -54,8 +53,7 @@ class Kind(IntEnum):
 
     HELLO = 1
     HANDOFF = 2
-    #: Legacy, ignored by the master: it keeps its copy of a handed-out fd until Done or Park.
-    TAKEN = 3
+    # 3 was TAKEN (retired: the master keeps its copy of a handed-out fd until Done or Park).
     REFUSED = 4
     DONE = 5
     PARK = 6
@@ -84,14 +82,6 @@ class Handoff:
     conn_id: int
     prefix: bytes = b""
     family: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Taken:
-    """Worker -> master: the fd of ``conn_id`` arrived. Legacy: the master ignores it (it
-    keeps its own copy until ``Done`` or ``Park``, and takes back only unread handoffs)."""
-
-    conn_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +121,7 @@ class Closing:
     """Master -> worker: the server is stopping; do not keep connections alive any more."""
 
 
-Message = Hello | Handoff | Taken | Refused | Done | Park | Draining | Closing
+Message = Hello | Handoff | Refused | Done | Park | Draining | Closing
 
 
 _WITH_FD: Final = (Handoff,)
@@ -140,12 +130,6 @@ _WITH_FD: Final = (Handoff,)
 def carries_fd(message: Message) -> bool:
     """Whether ``message`` must travel with exactly one file descriptor."""
     return isinstance(message, _WITH_FD)
-
-
-def may_carry_fd(message: Message) -> bool:
-    """Whether ``message`` may travel with a file descriptor: one that must, or a ``Park``
-    (legacy: before issue 11 its fd travelled back; the master closes such a copy)."""
-    return isinstance(message, (Handoff, Park))
 
 
 def encode(message: Message) -> bytes:
@@ -162,8 +146,6 @@ def encode(message: Message) -> bytes:
     elif isinstance(message, Handoff):
         kind, conn_id, payload = Kind.HANDOFF, message.conn_id, message.prefix
         value = message.family
-    elif isinstance(message, Taken):
-        kind, conn_id = Kind.TAKEN, message.conn_id
     elif isinstance(message, Refused):
         kind, conn_id = Kind.REFUSED, message.conn_id
     elif isinstance(message, Done):
@@ -206,8 +188,6 @@ def decode(datagram: bytes) -> Message:
         return Hello(capacity=value, pid=conn_id)
     if kind is Kind.HANDOFF:
         return Handoff(conn_id, payload, value)
-    if kind is Kind.TAKEN:
-        return Taken(conn_id)
     if kind is Kind.REFUSED:
         return Refused(conn_id)
     if kind is Kind.DONE:

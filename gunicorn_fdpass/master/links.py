@@ -243,8 +243,6 @@ class Links:
                                link.pid, message.conn_id)
                 return
             self._handoff.park(conn, message.leftover)
-        elif isinstance(message, messages.Taken):
-            pass  # legacy acknowledgement (the ASGI worker): the master keeps its copy anyway
         elif isinstance(message, messages.Refused):
             self._scheduler.release(link)
             self._handoff.refused(link, message.conn_id)

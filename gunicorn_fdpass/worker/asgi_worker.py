@@ -6,8 +6,8 @@ lets a worker accept. The worker announces that number as its capacity, so the m
 least-busy rule puts every new connection on the worker with the fewest open connections.
 
 - The inbox is read (``loop.add_reader``) only while the worker has room; each handoff is
-  confirmed with ``Taken`` before a byte of it is read, and served by an
-  :class:`~gunicorn_fdpass.asgi.connection.AsgiConnection` task.
+  served by an :class:`~gunicorn_fdpass.asgi.connection.AsgiConnection` task (the master
+  keeps its copy of the fd until ``Done`` or ``Park``).
 - A connection that ends sends ``Done``; an idle keep-alive connection goes back to the
   master with ``Park`` after ``FDPASS_ASGI_IDLE`` seconds without a request (at once while
   the worker or the server is stopping, or while work waits in the master).
@@ -311,7 +311,8 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type h
                 if received.fd is None:
                     self.channel.send(messages.Refused(message.conn_id))
                     continue
-                self.channel.send(messages.Taken(message.conn_id))
+                # No acknowledgement: the master keeps its copy until Done or Park, and
+                # takes back only what is still unread in the inbox.
                 self._start(message, received.fd)
         except PeerGone:
             self._master_gone = True
@@ -384,11 +385,11 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type h
                request_time: timedelta) -> None:
         self.log.access(resp, req, environ, request_time)
 
-    def hand_back(self, conn: AsgiConnection, fd: int, leftover: bytes) -> bool:
+    def hand_back(self, conn: AsgiConnection, leftover: bytes) -> bool:
         if self._master_gone:
             return False
         try:
-            self.channel.send(messages.Park(conn.conn_id, leftover, conn.family), fd)
+            self.channel.send(messages.Park(conn.conn_id, leftover, conn.family))
         except PeerGone:
             self._master_gone = True
             return False

@@ -53,21 +53,8 @@ def test_fd_must_match_message_kind(pair: tuple[Channel, Channel]) -> None:
         a.send(protocol.Handoff(1))
     with pytest.raises(ProtocolError):
         a.send(protocol.Done(1), 0)
-
-
-def test_a_park_may_still_come_with_an_fd_which_the_receiver_closes(
-        pair: tuple[Channel, Channel]) -> None:
-    # Legacy (the ASGI worker): before issue 11 a Park carried the connection's fd back.
-    a, b = pair
-    left, right = socket.socketpair()
-    with left, right:
-        assert a.send(protocol.Park(7, b"", socket.AF_UNIX), left.fileno())
-        assert a.send(protocol.Park(8))
-        received = b.recv()
-        assert received is not None and received.message == protocol.Park(7, b"", socket.AF_UNIX)
-        assert received.fd is None and not received.fd_lost  # its copy was closed
-        second = b.recv()
-        assert second is not None and second.fd is None and not second.fd_lost
+    with pytest.raises(ProtocolError):  # the master kept its copy: a Park brings no fd back
+        a.send(protocol.Park(1), 0)
 
 
 def test_peer_death_is_peer_gone(pair: tuple[Channel, Channel]) -> None:

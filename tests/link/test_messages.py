@@ -16,7 +16,6 @@ payloads = st.binary(max_size=protocol.MAX_PAYLOAD)
 messages = st.one_of(
     st.builds(protocol.Hello, st.integers(1, 2**32 - 1), st.integers(0, 2**32)),
     st.builds(protocol.Handoff, ids, payloads, st.integers(0, 2**32 - 1)),
-    st.builds(protocol.Taken, ids),
     st.builds(protocol.Refused, ids),
     st.builds(protocol.Done, ids),
     st.builds(protocol.Park, ids, payloads, st.integers(0, 2**32 - 1)),
@@ -33,13 +32,9 @@ def test_every_message_round_trips(message: protocol.Message) -> None:
 def test_only_handoff_carries_an_fd() -> None:
     # Park carries none: the master keeps its copy of a handed-out connection's fd.
     assert protocol.carries_fd(protocol.Handoff(1))
-    for message in (protocol.Hello(1, 2), protocol.Park(1), protocol.Taken(1), protocol.Refused(1),
+    for message in (protocol.Hello(1, 2), protocol.Park(1), protocol.Refused(1),
                     protocol.Done(1), protocol.Draining(), protocol.Closing()):
         assert not protocol.carries_fd(message)
-    # An fd beside a Park is still accepted (and closed by the master): the ASGI worker
-    # sends one.
-    assert protocol.may_carry_fd(protocol.Park(1)) and protocol.may_carry_fd(protocol.Handoff(1))
-    assert not protocol.may_carry_fd(protocol.Done(1))
 
 
 def test_wire_format_is_fixed_header_then_payload() -> None:
@@ -54,7 +49,7 @@ def test_wire_format_is_fixed_header_then_payload() -> None:
     struct.pack("!BIQ", 99, 0, 1),
     struct.pack("!BIQ", protocol.Kind.HELLO, 0, 1),
     struct.pack("!BIQ", protocol.Kind.DONE, 0, 1) + b"extra",
-    struct.pack("!BIQ", protocol.Kind.TAKEN, 0, 1) + b"extra",
+    struct.pack("!BIQ", 3, 0, 1),  # TAKEN, retired
     struct.pack("!BIQ", protocol.Kind.HANDOFF, 0, 1) + b"x" * (protocol.MAX_PAYLOAD + 1),
 ])
 def test_malformed_datagrams_are_refused(datagram: bytes) -> None:

@@ -329,28 +329,6 @@ def test_parked_connection_returns_to_a_worker_when_data_arrives(rig: Rig) -> No
     socket.socket(fileno=again.fd).close()
 
 
-def test_a_worker_that_still_acknowledges_and_parks_with_the_fd_is_served(rig: Rig) -> None:
-    # The ASGI worker still sends Taken and a Park with its fd (as before issue 11): the
-    # master ignores the Taken, closes the fd that came with the Park and keeps its own copy.
-    w = rig.worker(capacity=1)
-    client = rig.connect()
-    got = recv_until(w, rig)
-    assert isinstance(got.message, protocol.Handoff) and got.fd is not None
-    conn_id = got.message.conn_id
-    w.send(protocol.Taken(conn_id))
-    consume_request(got.fd)
-    w.send(protocol.Park(conn_id, b"", socket.AF_INET), got.fd)
-    os.close(got.fd)
-    rig.spin()
-    assert rig.dispatcher.counts()["parked"] == 1
-    rig.dispatcher.audit()
-    client.sendall(GET)
-    again = recv_until(w, rig)
-    assert again.message == protocol.Handoff(conn_id, b"", socket.AF_INET)
-    assert again.fd is not None
-    socket.socket(fileno=again.fd).close()
-
-
 def test_parked_connection_closes_when_client_hangs_up(rig: Rig) -> None:
     w = rig.worker(capacity=1)
     client = rig.connect()

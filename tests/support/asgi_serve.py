@@ -36,12 +36,14 @@ class FakeSide:
     park_ok: bool = True
     started: int = 0
     parked: list[bytes] = field(default_factory=list)
-    park_fds: list[int] = field(default_factory=list)  # duplicates, for the test to use
     ended_handed_back: list[bool] = field(default_factory=list)
     pre: list[RequestInfo] = field(default_factory=list)
     post: list[tuple[RequestInfo, dict[str, Any], ResponseInfo]] = field(default_factory=list)
     accessed: list[ResponseInfo] = field(default_factory=list)
     ended_event: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The master's copy of the connection's fd, which it keeps while a worker serves it
+    #: and closes on Done (or watches again after a Park).
+    master_copy: int = -1
 
     def request_started(self) -> After:
         self.started += 1
@@ -67,16 +69,22 @@ class FakeSide:
                request_time: datetime.timedelta) -> None:
         self.accessed.append(resp)
 
-    def hand_back(self, conn: AsgiConnection, fd: int, leftover: bytes) -> bool:
+    def hand_back(self, conn: AsgiConnection, leftover: bytes) -> bool:
         if not self.park_ok:
             return False
         self.parked.append(leftover)
-        self.park_fds.append(os.dup(fd))
         return True
 
     def ended(self, conn: AsgiConnection) -> None:
         self.ended_handed_back.append(conn.handed_back)
+        if not conn.handed_back:
+            self.close_master_copy()  # Done: the master closes its copy
         self.ended_event.set()
+
+    def close_master_copy(self) -> None:
+        if self.master_copy >= 0:
+            os.close(self.master_copy)
+            self.master_copy = -1
 
 
 class Client:
@@ -156,6 +164,7 @@ async def serve_asgi(app: Any, client: Callable[[Client], Awaitable[None]], *,
     server_sock, client_sock = socket.socketpair()
     server_sock.setblocking(False)
     client_sock.setblocking(False)
+    side.master_copy = os.dup(server_sock.fileno())
     config = AsgiConfig(http=make_config(**http), idle=idle, keepalive=2.0,
                         ws_max_message=ws_max_message, root_path=root_path)
     conn = AsgiConnection(7, server_sock.family, prefix, app, config, side, log)
@@ -180,8 +189,7 @@ async def serve_asgi(app: Any, client: Callable[[Client], Awaitable[None]], *,
     finally:
         ticking.cancel()
         client_sock.close()
-        for fd in side.park_fds:
-            os.close(fd)
+        side.close_master_copy()
     return Served(side, log, conn)
 
 
