@@ -131,6 +131,7 @@ def http_config(cfg: Any, own: fdpass_settings.FdpassSettings, *,
         parkable=not cfg.is_ssl,  # the TLS session lives in the worker
         io_timeout=io_timeout,
         burst=own.burst,
+        in_order=own.in_order,
         rules=request_rules(cfg),
         proxy_protocol=proxy_mode(cfg),
         proxy_allow=AddressAllowList(_setting(cfg, "proxy_allow_ips", ["127.0.0.1", "::1"])),

@@ -47,6 +47,12 @@ class FdpassSettings:
     #: Requests a worker serves back to back on one keep-alive connection before handing it
     #: back to the master's queue, so that connections waiting meanwhile are not starved.
     burst: int = 16
+    #: First come, first served across connections: a worker goes on with a keep-alive
+    #: connection's next request only while no request that arrived earlier waits for a
+    #: worker; else the connection goes back to the master behind them. 0: a worker goes on
+    #: (up to ``burst`` requests) whatever waits -- more keep-alive throughput for tiny
+    #: requests, at the price of request order and tail latency.
+    in_order: bool = True
     #: Seconds a worker waits on a stalled client (a slow request body, a client that does not
     #: read the response). Bounds how long a slow client can occupy a worker slot.
     io_timeout: float = 10.0
@@ -83,6 +89,14 @@ def _positive(kind: Callable[[str], Any], *, zero_ok: bool) -> Callable[[str], A
     return parse
 
 
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1 or 0")
+
+
 _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "head_timeout": _positive(float, zero_ok=False),
     "max_queue": _positive(int, zero_ok=False),
@@ -90,6 +104,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "shed_wait": _positive(float, zero_ok=True),
     "retry_after": _positive(int, zero_ok=True),
     "burst": _positive(int, zero_ok=False),
+    "in_order": _flag,
     "io_timeout": _positive(float, zero_ok=False),
     "stats_file": str,
     "max_chunked_body": _positive(int, zero_ok=True),

@@ -53,6 +53,14 @@ def test_configuration_error_is_what_gunicorn_prints_as_a_startup_error() -> Non
     assert issubclass(ConfigurationError, RuntimeError)
 
 
+def test_in_order_is_a_flag() -> None:
+    assert FdpassSettings().in_order is True
+    assert load({"FDPASS_IN_ORDER": "0"}).in_order is False
+    assert load({"FDPASS_IN_ORDER": "on"}).in_order is True
+    with pytest.raises(ConfigurationError, match="bad value for FDPASS_IN_ORDER"):
+        load({"FDPASS_IN_ORDER": "maybe"})
+
+
 def test_every_setting_is_documented() -> None:
     """docs/settings.md lists every FDPASS_* variable the code knows."""
     doc = (Path(__file__).resolve().parents[1] / "docs" / "settings.md").read_text()

@@ -39,7 +39,8 @@ class AsgiConfig:
         """The keep-alive decision's settings. No burst limit: an asyncio worker serves its
         connections concurrently, so a busy one delays no other connection's requests."""
         http = self.http
-        return Policy(keepalive=http.keepalive, parkable=http.parkable, burst=sys.maxsize)
+        return Policy(keepalive=http.keepalive, parkable=http.parkable, burst=sys.maxsize,
+                      in_order=http.in_order)
 
 
 def asgi_config(cfg: Any, http: HttpConfig, idle: float) -> AsgiConfig:

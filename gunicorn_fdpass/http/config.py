@@ -30,6 +30,8 @@ class HttpConfig:
     # Requests served back to back on one connection before it goes back to the master's
     # queue, behind connections that waited meanwhile: bounds the wait of the others.
     burst: int = _DEFAULTS.burst
+    # First come, first served across connections (FDPASS_IN_ORDER).
+    in_order: bool = _DEFAULTS.in_order
     # May an idle connection go back to the master? Never under TLS: the session lives in
     # this process. Decided once, from the settings.
     parkable: bool = True
@@ -49,4 +51,5 @@ class HttpConfig:
     @property
     def policy(self) -> Policy:
         """The settings the keep-alive decision reads."""
-        return Policy(keepalive=self.keepalive, parkable=self.parkable, burst=self.burst)
+        return Policy(keepalive=self.keepalive, parkable=self.parkable, burst=self.burst,
+                      in_order=self.in_order)

@@ -54,6 +54,7 @@ class Policy:
     keepalive: bool  # may a connection carry more than one request at all?
     parkable: bool  # may it go back to the master? (never under TLS)
     burst: int  # requests served back to back before handing it back
+    in_order: bool = True  # hand back while earlier work waits (first come, first served)
 
 
 @dataclass(slots=True)
@@ -131,7 +132,7 @@ def decide(
     if after is After.HAND_BACK or served >= policy.burst:
         # A connection that cannot be parked cannot wait in the master's queue either.
         return Next.HAND_BACK if policy.parkable else Next.CLOSE
-    if others_waiting and policy.parkable:
+    if others_waiting and policy.parkable and policy.in_order:
         # Only a parkable connection can queue behind them; closing a TLS connection
         # whenever others wait would cost its client a new handshake for every request.
         return Next.HAND_BACK

@@ -49,6 +49,8 @@ CLEAN = Facts(client_close=False, framing_close=False)
         # A connection that cannot be parked (TLS) closes instead of going back.
         ({}, {"parkable": False}, After.HAND_BACK, 1, False, CLOSE),
         ({}, {"parkable": False}, After.CONTINUE, 1, True, KEEP),  # TLS: no handshake per request
+        ({}, {"in_order": False}, After.CONTINUE, 1, True, KEEP),  # FDPASS_IN_ORDER=0
+        ({}, {"in_order": False}, After.CONTINUE, 4, True, HAND_BACK),  # the burst still ends
         ({}, {"parkable": False}, After.CONTINUE, 4, False, CLOSE),
         ({}, {"parkable": False}, After.CONTINUE, 1, False, KEEP),
         # HTTP/1.0 keep-alive is kept like HTTP/1.1.
