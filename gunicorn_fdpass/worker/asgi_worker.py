@@ -29,11 +29,9 @@ import signal
 import socket
 import ssl
 import time
-from datetime import timedelta
 from typing import Any, Final
 
 from gunicorn import sock as gunicorn_sock
-from gunicorn.workers import base
 
 from .. import settings as fdpass_settings
 from ..asgi.config import asgi_config
@@ -41,13 +39,12 @@ from ..asgi.connection import AsgiConnection
 from ..asgi.lifespan import Lifespan, LifespanFailed
 from ..asgi.loop import new_event_loop
 from ..errors import PeerGone
-from ..gunicorn_settings import http_config, validate
+from ..gunicorn_settings import http_config
 from ..http.keep_alive import After
-from ..http.response import ResponseInfo
 from ..link import messages
-from ..link.channel import Channel, socket_from_fd
-from ..master import arbiter
+from ..link.channel import socket_from_fd
 from .api import RequestInfo
+from .linked import LinkedWorker
 
 __all__ = ["ASGIWorker"]
 
@@ -60,37 +57,26 @@ WORKER_BOOT_ERROR: Final = 3
 _LAST_WORDS: Final = 5.0
 
 
-class ASGIWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
+class ASGIWorker(LinkedWorker):
     """A pre-forked asyncio worker that gets its connections from the master."""
 
-    sockets: list[socket.socket]  # Gunicorn's listeners; closed in the worker at once
-
     @classmethod
-    def check_config(cls, cfg: Any, log: Any) -> None:
-        """Called by Gunicorn in the master at startup: validate, then hook the master in."""
-        validate(cfg)
+    def check_own_config(cls, cfg: Any, log: Any) -> None:
+        """``--threads`` has no use here."""
         if int(cfg.threads) > 1:
             # As Gunicorn's own asgi worker: a warning, not a refusal.
             log.warning("gunicorn_fdpass.ASGIWorker does not use --threads (%s): one event "
                         "loop serves up to --worker-connections connections at once",
                         cfg.threads)
-        arbiter.hook_when_ready(cfg)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Runs in the master, right before Gunicorn forks this worker.
         super().__init__(*args, **kwargs)
-        ends = arbiter.open_worker_channel()
-        self._ends = ends
-        self.channel: Channel = ends.channel
-        self.inbox: Channel = ends.inbox
-        self.board = ends.board
-        self.capacity = max(1, int(self.cfg.worker_connections))
         self.connections: set[AsgiConnection] = set()
         self.state: dict[str, Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ssl_context: ssl.SSLContext | None = None
-        self._closing = False  # the master is stopping the server
         self._master_gone = False
         self._reading_inbox = False
         self._stopped: asyncio.Future[None] | None = None
@@ -100,16 +86,13 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type h
         self._post_request_set = False
         self._pre_request_default = False
 
-    def init_process(self) -> None:
-        """In the child: drop what belongs to the master, make the loop, let Gunicorn go on."""
-        arbiter.take_inherited_channel(self._ends)
-        for listener in self.sockets:
-            listener.close()  # only the master accepts
-        self.sockets = []
-        self.channel.set_blocking(True)
+    def announced_capacity(self) -> int:
+        return max(1, int(self.cfg.worker_connections))
+
+    def prepare_process(self) -> None:
+        """In the child: the event loop, before Gunicorn installs the signal handlers on it."""
         self.loop = new_event_loop(str(getattr(self.cfg, "asgi_loop", "auto")), self.log)
         asyncio.set_event_loop(self.loop)
-        super().init_process()
 
     def init_signals(self) -> None:
         """Gunicorn's worker signals, handled on the event loop."""
@@ -208,13 +191,6 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type h
         self._empty = None
         if self._master_gone:
             self._master_hung_up()
-
-    def _master_hung_up(self) -> None:
-        if self._closing:
-            self.log.info("Server stopping: worker finished its requests (pid: %s)",
-                          os.getpid())
-        else:
-            self.log.warning("master is gone, worker exiting: %s", self)
 
     def _tick(self) -> None:
         """The loop's own timer: heartbeat, time limits, the graceful stop's deadline."""
@@ -357,10 +333,6 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type h
         # A draining worker: the connection stays open and goes back to the master.
         return After.CONTINUE if self.alive else After.HAND_BACK
 
-    def others_waiting(self) -> bool:
-        """Work waits in the master's queue: every worker is full."""
-        return self.board.waiting() > 0
-
     def stopping(self) -> bool:
         return self._closing or not self.alive
 
@@ -376,14 +348,6 @@ class ASGIWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type h
         error_log = getattr(self.log, "error_log", None)
         return not isinstance(error_log, logging.Logger) or error_log.isEnabledFor(
             logging.DEBUG)
-
-    def post_request(self, req: RequestInfo, environ: dict[str, Any],
-                     resp: ResponseInfo) -> None:
-        self.cfg.post_request(self, req, environ, resp)
-
-    def access(self, resp: ResponseInfo, req: RequestInfo, environ: dict[str, Any],
-               request_time: timedelta) -> None:
-        self.log.access(resp, req, environ, request_time)
 
     def hand_back(self, conn: AsgiConnection, leftover: bytes) -> bool:
         if self._master_gone:

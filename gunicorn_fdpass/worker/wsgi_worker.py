@@ -19,60 +19,31 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from datetime import timedelta
 from typing import Any
 
 from gunicorn import sock as gunicorn_sock
 from gunicorn.http.wsgi import WSGIErrorsWrapper
-from gunicorn.workers import base
 
 from .. import settings as fdpass_settings
 from ..errors import PeerGone
-from ..gunicorn_settings import http_config, validate, validate_on_load
+from ..gunicorn_settings import http_config
 from ..link import messages
-from ..link.channel import Channel, socket_from_fd
-from ..master import arbiter
-from .api import After, Closed, Idle, RequestInfo, ResponseInfo
+from ..link.channel import socket_from_fd
+from .api import After, Closed, Idle, RequestInfo
 from .connection import serve_connection
+from .linked import LinkedWorker
 
 
-class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
-    """A pre-forked worker that gets its connections from the master, never from accept()."""
-
-    sockets: list[socket.socket]  # Gunicorn's listeners; closed in the worker at once
-
-    @classmethod
-    def check_config(cls, cfg: Any, log: Any) -> None:
-        """Called by Gunicorn in the master at startup: validate, then hook the master in."""
-        validate(cfg)
-        arbiter.hook_when_ready(cfg)
-
-    @classmethod
-    def setup(cls) -> None:
-        """Called by Gunicorn as it loads this class, before it binds: refuse bad settings."""
-        validate_on_load()
+class Worker(LinkedWorker):
+    """A pre-forked WSGI worker: one connection per thread (``--threads``, default 1)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Runs in the master, right before Gunicorn forks this worker.
         super().__init__(*args, **kwargs)
-        ends = arbiter.open_worker_channel()
-        self._ends = ends
-        self.channel: Channel = ends.channel  # to and from the master
-        self.inbox: Channel = ends.inbox  # handoffs from the master
-        self.board = ends.board  # how much work waits in the master
-        self.capacity = max(1, int(self.cfg.threads))
         self._nr_lock = threading.Lock()
         self._ssl_context: ssl.SSLContext | None = None
-        self._closing = False  # the master is stopping: no more keep-alive
 
-    def init_process(self) -> None:
-        """In the child: drop what belongs to the master, then let Gunicorn start ``run``."""
-        arbiter.take_inherited_channel(self._ends)
-        for listener in self.sockets:
-            listener.close()  # only the master accepts
-        self.sockets = []
-        self.channel.set_blocking(True)
-        super().init_process()
+    def announced_capacity(self) -> int:
+        return max(1, int(self.cfg.threads))
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -134,15 +105,6 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
             selector.close()
             self.channel.close()
             self.inbox.close()
-
-    def _master_hung_up(self) -> None:
-        if self._closing:
-            # A graceful stop: the master said Closing, finished what it held, and closed
-            # the channels. Nothing went wrong; Gunicorn's own workers say as much at info.
-            self.log.info("Server stopping: worker finished its requests (pid: %s)",
-                          os.getpid())
-        else:
-            self.log.warning("master is gone, worker exiting: %s", self)
 
     def _read_channel(self) -> None:
         """Act on what the master said besides handoffs (so far only ``Closing``)."""
@@ -214,10 +176,6 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
         # The connection stays open and goes back to the master for another worker.
         return After.HAND_BACK if last else After.CONTINUE
 
-    def others_waiting(self) -> bool:
-        """Work that arrived earlier waits (in the master's queue or as a reserve)."""
-        return self.board.waiting() > 0
-
     def wsgi_errors(self) -> Any:
         """What Gunicorn's own workers give: the error log's streams, written as the
         application wrote (no log-line prefix), made anew per request as Gunicorn does (a
@@ -227,12 +185,6 @@ class Worker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
     def pre_request(self, req: RequestInfo) -> None:
         self.cfg.pre_request(self, req)
 
-    def post_request(self, req: RequestInfo, environ: dict[str, Any], resp: ResponseInfo) -> None:
-        self.cfg.post_request(self, req, environ, resp)
-
-    def access(self, resp: ResponseInfo, req: RequestInfo, environ: dict[str, Any],
-               request_time: timedelta) -> None:
-        self.log.access(resp, req, environ, request_time)
 
 
 __all__ = ["Worker"]

@@ -26,6 +26,7 @@ WAYS = {
     "dotted": ["-k", "gunicorn_fdpass.Worker"],
     "entry point": ["-k", "egg:gunicorn-fdpass#fdpass"],
     "config file": [],  # worker_class = "gunicorn_fdpass.Worker" in the config file
+    "asgi": ["-k", "gunicorn_fdpass.ASGIWorker"],
 }
 
 UNKNOWN = "gunicorn_fdpass knows: " + ", ".join(

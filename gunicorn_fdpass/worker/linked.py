@@ -1,0 +1,97 @@
+"""What both worker classes share: a Gunicorn worker fed by the master over its link.
+
+The glue around the fork and the link, in one place: validating the settings (when Gunicorn
+loads the class, before it binds, and again in ``check_config``) and hooking the master in;
+the channel, inbox and waiting board made in the master just before the fork; dropping the
+master's listeners in the child; what a worker says when the master hangs up; and the hooks
+both connection loops call the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from typing import Any
+
+from gunicorn.workers import base
+
+from ..gunicorn_settings import validate, validate_on_load
+from ..http.response import ResponseInfo
+from ..link.channel import Channel
+from ..master import arbiter
+from .api import RequestInfo
+
+__all__ = ["LinkedWorker"]
+
+
+class LinkedWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
+    """A pre-forked worker that gets its connections from the master, never from accept()."""
+
+    sockets: list[socket.socket]  # Gunicorn's listeners; closed in the worker at once
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Called by Gunicorn in the master at startup: validate, then hook the master in."""
+        validate(cfg)
+        cls.check_own_config(cfg, log)
+        arbiter.hook_when_ready(cfg)
+
+    @classmethod
+    def check_own_config(cls, cfg: Any, log: Any) -> None:
+        """What a worker class checks beyond the shared settings (nothing by default)."""
+
+    @classmethod
+    def setup(cls) -> None:
+        """Called by Gunicorn as it loads this class, before it binds: refuse bad settings."""
+        validate_on_load()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Runs in the master, right before Gunicorn forks this worker.
+        super().__init__(*args, **kwargs)
+        ends = arbiter.open_worker_channel()
+        self._ends = ends
+        self.channel: Channel = ends.channel  # to and from the master
+        self.inbox: Channel = ends.inbox  # handoffs from the master
+        self.board = ends.board  # how much work waits in the master
+        self.capacity = self.announced_capacity()
+        self._closing = False  # the master said the server is stopping
+
+    def announced_capacity(self) -> int:
+        """The connections this worker serves at once, announced to the master."""
+        raise NotImplementedError
+
+    def init_process(self) -> None:
+        """In the child: drop what belongs to the master, then let Gunicorn start ``run``."""
+        arbiter.take_inherited_channel(self._ends)
+        for listener in self.sockets:
+            listener.close()  # only the master accepts
+        self.sockets = []
+        self.channel.set_blocking(True)
+        self.prepare_process()
+        super().init_process()
+
+    def prepare_process(self) -> None:
+        """In the child, before Gunicorn's own start-up of the worker (nothing by default)."""
+
+    def _master_hung_up(self) -> None:
+        if self._closing:
+            # A graceful stop: the master said Closing, finished what it held, and closed
+            # the channels. Nothing went wrong; Gunicorn's own workers say as much at info.
+            self.log.info("Server stopping: worker finished its requests (pid: %s)",
+                          os.getpid())
+        else:
+            self.log.warning("master is gone, worker exiting: %s", self)
+
+    # -- hooks both connection loops call ------------------------------------------------
+
+    def others_waiting(self) -> bool:
+        """Work that arrived earlier waits (in the master's queue or as a reserve)."""
+        return self.board.waiting() > 0
+
+    def post_request(self, req: RequestInfo, environ: dict[str, Any], resp: ResponseInfo) -> None:
+        self.cfg.post_request(self, req, environ, resp)
+
+    def access(self, resp: ResponseInfo, req: RequestInfo, environ: dict[str, Any],
+               request_time: timedelta) -> None:
+        self.log.access(resp, req, environ, request_time)
