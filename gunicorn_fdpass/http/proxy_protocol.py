@@ -22,7 +22,7 @@ from typing import Final
 
 from .request_rules import Rejected
 
-__all__ = ["NEED_DATA", "NOT_PROXY", "ProxyInfo", "parse", "resume_marker"]
+__all__ = ["NEED_DATA", "NOT_PROXY", "ProxyInfo", "parse", "resume_marker", "take_header"]
 
 V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_MAX: Final = 107  # the v1 spec's longest header, CRLF included
@@ -89,6 +89,18 @@ def parse(data: bytes | bytearray, mode: str, peer_allowed: bool) -> ProxyInfo |
             raise Rejected(403, "PROXY header from a peer not in proxy_allow_ips")
         return _parse_v1(data)
     return NOT_PROXY
+
+
+def take_header(buf: bytearray, mode: str, peer_allowed: bool) -> tuple[bool, ProxyInfo | None]:
+    """Consume a PROXY header (or resume marker) at the start of ``buf``, as :func:`parse`
+    reads it. ``(True, what it says)`` once known (None: no header, or one that names no
+    client); ``(False, None)`` while more bytes are needed (nothing consumed). Raises Rejected
+    as :func:`parse` does."""
+    got = parse(buf, mode, peer_allowed)
+    if isinstance(got, ProxyInfo):
+        del buf[: got.consumed]
+        return True, None if got.protocol == "NONE" else got
+    return got is NOT_PROXY, None
 
 
 #: The address syntax each PROXY v1 protocol takes (as strict as inet_pton: no leading zeros).

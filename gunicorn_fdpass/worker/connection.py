@@ -154,15 +154,13 @@ class ConnectionLoop:
         allowed = self.config.proxy_allow.allows(self.client_addr)
         while True:
             try:
-                got = proxy_protocol.parse(self.buf, self.config.proxy_protocol, allowed)
+                known, proxy = proxy_protocol.take_header(
+                    self.buf, self.config.proxy_protocol, allowed)
             except Rejected as exc:
                 self._reject(exc)
                 return False
-            if isinstance(got, ProxyInfo):
-                del self.buf[: got.consumed]
-                self.proxy = None if got.protocol == "NONE" else got
-                return True
-            if got is proxy_protocol.NOT_PROXY:
+            if known:
+                self.proxy = proxy
                 return True
             if not self._recv_into_buffer("a PROXY header"):
                 return False

@@ -471,3 +471,14 @@ def test_chunked_body_trickled_byte_by_byte() -> None:
 
     out = serve(app, client=client)
     assert one(out.raw).status == 200 and app.environs[0]["body"] == b"abcde"
+
+
+def test_take_header_consumes_a_proxy_header_and_says_when_more_is_needed() -> None:
+    buf = bytearray(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET / HTTP/1.1\r\n")
+    known, info = proxy_protocol.take_header(buf, "v1", True)
+    assert known and info is not None and info.client_addr == "1.2.3.4"
+    assert buf == b"GET / HTTP/1.1\r\n"  # the header is consumed, the request is not
+    assert proxy_protocol.take_header(bytearray(b"PROXY TCP4 1.2"), "v1", True) == (False, None)
+    plain = bytearray(b"GET / HTTP/1.1\r\n")
+    assert proxy_protocol.take_header(plain, "v1", True) == (True, None)
+    assert plain == b"GET / HTTP/1.1\r\n"
