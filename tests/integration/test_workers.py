@@ -321,3 +321,14 @@ def test_worker_class_under_test_is_used(srv):
     wc = worker_class_under_test()
     assert (f"Using worker: {wc}") in srv.log_text()
 
+
+
+@pytest.mark.ours_only
+def test_the_explicit_hooks_module_in_a_config_file_still_works(make_server) -> None:
+    """``from gunicorn_fdpass.hooks import when_ready`` in a config file (the documented way to
+    wire the master by hand) keeps working beside the hook the worker class installs: one
+    dispatcher, requests served."""
+    srv = make_server(workers=1,
+                      config="from gunicorn_fdpass.hooks import when_ready  # noqa: F401\n")
+    assert srv.get("/").status == 200
+    assert srv.log_text().count("fdpass dispatcher running in the master") == 1
