@@ -17,13 +17,9 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     # Imported lazily so that the pure layers (codec, scheduler, WSGI adapter) can be used
-    # and tested without importing Gunicorn.
-    if name == "Worker":
-        from .worker import Worker
+    # and tested without importing Gunicorn; the worker package says where each class is.
+    if name in __all__:
+        from . import worker
 
-        return Worker
-    if name == "ASGIWorker":
-        from .worker import ASGIWorker
-
-        return ASGIWorker
+        return getattr(worker, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,15 +23,14 @@ if TYPE_CHECKING:
 __all__ = ["ASGIWorker", "Worker"]
 
 
+#: Where each worker class lives.
+_CLASSES = {"Worker": ".wsgi_worker", "ASGIWorker": ".asgi_worker"}
+
+
 def __getattr__(name: str) -> Any:
     # Lazily: gunicorn_fdpass.asgi uses this package's api module, and the ASGI worker
     # class imports gunicorn_fdpass.asgi; neither class is needed to import the other.
-    if name == "Worker":
-        from .wsgi_worker import Worker
-
-        return Worker
-    if name == "ASGIWorker":
-        from .asgi_worker import ASGIWorker
-
-        return ASGIWorker
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _CLASSES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
