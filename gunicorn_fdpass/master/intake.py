@@ -186,8 +186,7 @@ class Intake:
         batch, err = core.accept_batch(listener.fileno(), room, self._peek_buf, self._max_peek)
         if batch:
             if self._out_of_fds:
-                self._out_of_fds = False
-                self.log.warning("accept() works again")
+                self._fds_again()
             self._stats["accepted"] += len(batch)
             now = self._clock()
             family = listener.family
@@ -239,8 +238,7 @@ class Intake:
                 self._accept_failed(exc)
                 return
             if self._out_of_fds:
-                self._out_of_fds = False
-                self.log.warning("accept() works again")
+                self._fds_again()
             self._make_room()
             self._stats["accepted"] += 1
             conn = ClientConnection(next(self._ids), sock)
@@ -408,6 +406,10 @@ class Intake:
                            "until fds are free)", exc.strerror, ACCEPT_BACKOFF)
         self.paused_until = self._clock() + ACCEPT_BACKOFF
         self._pause_accepting()
+
+    def _fds_again(self) -> None:
+        self._out_of_fds = False
+        self.log.warning("accept() works again")
 
     def _pause_accepting(self) -> None:
         if self._accepting:
