@@ -131,6 +131,9 @@ class _MasterLoop:
         self._cfg = arbiter.cfg
         self._next_report = 0.0
         self._reporter = Reporter(arbiter.log)
+        #: Gunicorn's LISTENERS list as last given to the dispatcher, and its length then.
+        self._listeners: list[Any] | None = None
+        self._listener_count = 0
 
     def attach(self) -> None:
         arbiter = self.arbiter
@@ -154,7 +157,12 @@ class _MasterLoop:
                 # A bad value in a reloaded config must not take the master down.
                 self.arbiter.log.error("%s; keeping the previous fdpass settings", exc)
             self.dispatcher.settings = dispatch_settings(self._cfg, self.own)
-        self.dispatcher.set_listeners(self.arbiter.LISTENERS)
+        listeners: list[Any] = self.arbiter.LISTENERS
+        # Gunicorn assigns a new list whenever its listeners change (start, reload, stop),
+        # so the identity check spares a comparison on every round of the loop.
+        if listeners is not self._listeners or len(listeners) != self._listener_count:
+            self._listeners, self._listener_count = listeners, len(listeners)
+            self.dispatcher.set_listeners(listeners)
         now = time.monotonic()
         if now >= self._next_report:
             self._next_report = now + REPORT_INTERVAL
@@ -239,12 +247,12 @@ class _MasterLoop:
 
 
 def _drain_queue(sig_queue: queue.SimpleQueue[int]) -> list[int]:
+    # Only this (main) thread takes from the queue, so a non-empty one cannot empty under
+    # us; asking first spares the raised queue.Empty on almost every round of the loop.
     items: list[int] = []
-    while True:
-        try:
-            items.append(sig_queue.get_nowait())
-        except queue.Empty:
-            return items
+    while not sig_queue.empty():
+        items.append(sig_queue.get_nowait())
+    return items
 
 
 class _ArbiterClock:

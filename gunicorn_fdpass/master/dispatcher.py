@@ -25,6 +25,7 @@ The hot path (accept + peek, the hand-off ``sendmsg``, batched channel reads) is
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -42,6 +43,7 @@ from .links import Links, WorkerEnds, WorkerLink
 from .loop import EventLoop
 from .scheduler import Scheduler
 from .table import ConnectionTable
+from .timers import Alarm
 
 __all__ = ["DispatchSettings", "Dispatcher", "WorkerEnds"]
 
@@ -102,8 +104,10 @@ class Dispatcher:
         self.board = WaitingBoard()
         self.stats = {"accepted": 0, "dispatched": 0, "requeued": 0, "refused": 0, "shed": 0,
                       "timed_out": 0, "evicted": 0, "rejected": 0}
+        self._alarm = alarm = Alarm()
         self._table = ConnectionTable(self._loop, settings.head_timeout, settings.keepalive,
-                                      Linger(self._loop, clock), settings.body_timeout)
+                                      Linger(self._loop, clock, alarm), settings.body_timeout,
+                                      alarm)
         self._handoff = Handoff(self._table, self._scheduler, settings, log, self.stats, clock)
         self._links = Links(self._loop, self._table, self._scheduler, self._handoff,
                             self.board, log, self.stats)
@@ -168,20 +172,34 @@ class Dispatcher:
 
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for events, handle them, dispatch queued work."""
+        alarm = self._alarm
         now = self._clock()
-        self._intake.resume_if_due(now)
-        deadline = self._next_deadline()
-        if deadline is not None:
-            timeout = min(timeout, deadline - now)
+        if now >= alarm.at:
+            self._run_timers(now)
+        intake = self._intake
+        if not intake.accepting:
+            intake.resume_if_due(now)
         queue = self._table.queue
-        if queue and self._scheduler.free_slots():
-            timeout = _RETRY_FULL_INBOX
-        self._loop.poll(timeout)
+        if queue:
+            if self._settings.shed_wait:  # its deadline moves with the queue's head
+                alarm.set(queue[0].since + self._settings.shed_wait)
+            if self._scheduler.free_slots():
+                timeout = _RETRY_FULL_INBOX
+        self._loop.poll(min(timeout, alarm.at - now))
         now = self._clock()
-        self._intake.expire(now)
-        self._handoff.shed_overdue(now)
+        if now >= alarm.at:
+            self._run_timers(now)
         self._handoff.dispatch(now, self._links)
         self.board.publish(len(queue) + self._scheduler.reserves_held())
+
+    def _run_timers(self, now: float) -> None:
+        """The alarm rang: act on every timer that ran out, then set it to the next one."""
+        self._intake.resume_if_due(now)
+        self._intake.expire(now)
+        self._handoff.shed_overdue(now)
+        deadlines = [d for d in (self._table.next_deadline(), self._handoff.next_deadline(),
+                                 self._intake.paused_until or None) if d is not None]
+        self._alarm.at = min(deadlines, default=math.inf)
 
     def begin_shutdown(self) -> None:
         """Graceful stop: accept nothing more; serve what is queued or in a worker.
@@ -248,13 +266,3 @@ class Dispatcher:
     def audit(self) -> None:
         """Check that every connection is where its state says (for tests)."""
         self._table.audit(self._links.all)
-
-    def _next_deadline(self) -> float | None:
-        table = self._table
-        deadlines = [d for d in (table.new.next_deadline(), table.idle.next_deadline(),
-                                 table.started.next_deadline(), table.body.next_deadline(),
-                                 table.linger.next_deadline(),
-                                 self._handoff.next_deadline()) if d is not None]
-        if self._intake.paused_until:
-            deadlines.append(self._intake.paused_until)
-        return min(deadlines, default=None)

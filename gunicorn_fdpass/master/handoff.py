@@ -139,6 +139,8 @@ class Handoff:
         scheduler = self._scheduler
         if scheduler.free_slots():
             self._move_reserves(now, links, bool(queue))
+        if not (queue and scheduler.can_take()):
+            return
         stats = self._stats
         send_handoff = core.send_handoff
         while queue:

@@ -130,6 +130,11 @@ class Intake:
             listener.setblocking(False)
         self._register_listeners()
 
+    @property
+    def accepting(self) -> bool:
+        """True while the listeners are watched (no pause, no back-pressure, no stop)."""
+        return self._accepting
+
     def stop_accepting(self) -> None:
         """For good (graceful stop): accept nothing more."""
         self._closing = True
@@ -405,6 +410,7 @@ class Intake:
             self.log.error("accept() failed: %s; pausing accepts (retrying every %.1fs "
                            "until fds are free)", exc.strerror, ACCEPT_BACKOFF)
         self.paused_until = self._clock() + ACCEPT_BACKOFF
+        self._table.alarm.set(self.paused_until)
         self._pause_accepting()
 
     def _fds_again(self) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Final
 
 from .loop import EventLoop
+from .timers import Alarm
 
 #: How long an answered connection may keep sending before it is closed anyway.
 LINGER_SECONDS: Final = 2.0
@@ -44,11 +45,13 @@ class _Lingering:
 class Linger:
     """Sockets answered and shut for sending, closed once their client is done or too slow."""
 
-    __slots__ = ("_clock", "_loop", "_socks")
+    __slots__ = ("_alarm", "_clock", "_loop", "_socks")
 
-    def __init__(self, loop: EventLoop, clock: Callable[[], float]) -> None:
+    def __init__(self, loop: EventLoop, clock: Callable[[], float],
+                 alarm: Alarm | None = None) -> None:
         self._loop = loop
         self._clock = clock
+        self._alarm = alarm if alarm is not None else Alarm()
         #: fd -> lingering socket, oldest first (all share one timeout).
         self._socks: OrderedDict[int, _Lingering] = OrderedDict()
 
@@ -58,6 +61,7 @@ class Linger:
             self._close(next(iter(self._socks)))
         fd = sock.fileno()
         entry = _Lingering(sock, self._clock() + LINGER_SECONDS)
+        self._alarm.set(entry.deadline)
         self._socks[fd] = entry
         self._loop.watch(fd, _EVENTS, self._on_event, entry)
 

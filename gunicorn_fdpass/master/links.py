@@ -212,6 +212,10 @@ class Links:
                     os.close(fd)
                 self._bad_message(link, exc)
                 return
+            if fd < 0 and isinstance(message, messages.Park):
+                # The next most frequent (one per keep-alive request): no Received for it.
+                self._on_park(link, message)
+                continue
             if fd >= 0 and not messages.carries_fd(message):
                 os.close(fd)
                 fd = -1
@@ -236,13 +240,7 @@ class Links:
             self._scheduler.release(link)
             self._table.finished(link, message.conn_id)
         elif isinstance(message, messages.Park):
-            self._scheduler.release(link)
-            conn = link.handed_out.get(message.conn_id)
-            if conn is None:
-                self.log.error("worker %s parked connection %d, which it does not hold",
-                               link.pid, message.conn_id)
-                return
-            self._handoff.park(conn, message.leftover)
+            self._on_park(link, message)
         elif isinstance(message, messages.Refused):
             self._scheduler.release(link)
             self._handoff.refused(link, message.conn_id)
@@ -255,6 +253,15 @@ class Links:
             self.take_back(link)  # it will read no more: others serve them now
         else:
             self._on_unexpected(link, received)
+
+    def _on_park(self, link: WorkerLink, message: messages.Park) -> None:
+        self._scheduler.release(link)
+        conn = link.handed_out.get(message.conn_id)
+        if conn is None:
+            self.log.error("worker %s parked connection %d, which it does not hold",
+                           link.pid, message.conn_id)
+            return
+        self._handoff.park(conn, message.leftover)
 
     def _on_unexpected(self, link: WorkerLink, received: Received) -> None:
         # Handoff and Closing: only the master sends those.

@@ -29,15 +29,21 @@ class _Slots:
     busy: int = 0
     last_pick: int = 0
 
-    def free(self) -> int:
-        return max(0, self.capacity - self.busy)
+    def shares(self) -> tuple[int, int, int, int]:
+        """This worker's part of the scheduler's totals: free slots, overbooked (0 or 1),
+        reserves held, and connections it can still take (reserves included)."""
+        return _shares(self.capacity, self.reserve, self.busy)
 
-    def over(self) -> bool:
-        return self.busy > self.capacity
 
-    def held(self) -> int:
-        """Reserves handed to this worker and not yet started (a draining worker has none)."""
-        return min(self.reserve, max(0, self.busy - self.capacity))
+def _shares(capacity: int, reserve: int, busy: int) -> tuple[int, int, int, int]:
+    # Conditional expressions, not min/max: this runs twice per connection.
+    extra = busy - capacity  # > 0: the reserves it holds (a draining worker has none)
+    if extra < 0:
+        return -extra, 0, 0, reserve - extra
+    over = 1 if extra else 0
+    if extra < reserve:
+        return 0, over, extra, reserve - extra
+    return 0, over, reserve, 0
 
 
 class Scheduler(Generic[W]):
@@ -50,12 +56,27 @@ class Scheduler(Generic[W]):
         self._free = 0
         self._over = 0
         self._held = 0
+        self._open = 0
 
     def _count(self, slots: _Slots, sign: int) -> None:
         """Add (1) or remove (-1) one worker's share of the totals."""
-        self._free += sign * slots.free()
-        self._over += sign * slots.over()
-        self._held += sign * slots.held()
+        free, over, held, open_ = slots.shares()
+        self._free += sign * free
+        self._over += sign * over
+        self._held += sign * held
+        self._open += sign * open_
+
+    def _shift(self, slots: _Slots, busy: int) -> None:
+        """Set one worker's busy count and move the totals with it (once per connection,
+        both ways: one call and no temporary objects beyond two tuples)."""
+        capacity, reserve = slots.capacity, slots.reserve
+        f0, o0, h0, p0 = _shares(capacity, reserve, slots.busy)
+        f1, o1, h1, p1 = _shares(capacity, reserve, busy)
+        slots.busy = busy
+        self._free += f1 - f0
+        self._over += o1 - o0
+        self._held += h1 - h0
+        self._open += p1 - p0
 
     def add(self, worker: W, capacity: int, reserve: int = 0) -> None:
         """A worker announced that it can serve ``capacity`` connections at once, and hold
@@ -93,6 +114,8 @@ class Scheduler(Generic[W]):
         that could not receive this connection) is chosen only when no other worker can
         take it, not even as a reserve.
         """
+        if not self._open:
+            return None
         best: W | None = None
         best_key: tuple[bool, bool, float, int, int] | None = None
         for worker, slots in self._workers.items():
@@ -106,9 +129,7 @@ class Scheduler(Generic[W]):
         if best is not None:
             self._picks += 1
             slots = self._workers[best]
-            self._count(slots, -1)
-            slots.busy += 1
-            self._count(slots, 1)
+            self._shift(slots, slots.busy + 1)
             slots.last_pick = self._picks
         return best
 
@@ -116,9 +137,7 @@ class Scheduler(Generic[W]):
         """One connection of ``worker`` finished (or was handed back)."""
         slots = self._workers.get(worker)
         if slots is not None and slots.busy > 0:
-            self._count(slots, -1)
-            slots.busy -= 1
-            self._count(slots, 1)
+            self._shift(slots, slots.busy - 1)
 
     def busy(self, worker: W) -> int:
         """Connections currently counted against ``worker`` (0 if unknown)."""
@@ -129,11 +148,15 @@ class Scheduler(Generic[W]):
         """Reserves ``worker`` holds: connections beyond its capacity, not started (0 if
         unknown). ``busy(worker) - reserves(worker)`` is its slots in use."""
         slots = self._workers.get(worker)
-        return slots.held() if slots is not None else 0
+        return slots.shares()[2] if slots is not None else 0
 
     def free_slots(self) -> int:
         """Total free capacity over all workers (reserves not counted)."""
         return self._free
+
+    def can_take(self) -> bool:
+        """True if :meth:`pick` would name a worker (a free slot or a reserve somewhere)."""
+        return self._open > 0
 
     def reserves_held(self) -> int:
         """Reserves waiting at busy workers, over all workers."""
@@ -143,7 +166,7 @@ class Scheduler(Generic[W]):
         """Workers holding more connections than they have slots: they hold a reserve."""
         if not self._over:
             return []
-        return [w for w, s in self._workers.items() if s.over()]
+        return [w for w, s in self._workers.items() if s.busy > s.capacity]
 
     def __contains__(self, worker: object) -> bool:
         return worker in self._workers

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .linger import Linger
 from .loop import EventLoop, Handler
 from .states import WATCHED_STATES, ClientConnection, ConnState, Event, advance
-from .timers import Timeouts
+from .timers import Alarm, Timeouts
 
 if TYPE_CHECKING:
     from .links import WorkerLink
@@ -47,22 +47,25 @@ def _no_handler(_: Any, __: int) -> None:
 class ConnectionTable:
     """Every client connection the master holds, by state (see the module docstring)."""
 
-    __slots__ = ("_loop", "_timers", "body", "idle", "linger", "new", "on_client", "queue",
-                 "started", "watched")
+    __slots__ = ("_loop", "_timers", "alarm", "body", "idle", "linger", "new", "on_client",
+                 "queue", "started", "watched")
 
     def __init__(self, loop: EventLoop, head_timeout: float, keepalive: float,
-                 linger: Linger | None = None, body_timeout: float = 0.0) -> None:
+                 linger: Linger | None = None, body_timeout: float = 0.0,
+                 alarm: Alarm | None = None) -> None:
         self._loop = loop
+        #: Rings no later than the first timer below (or the linger list's) runs out.
+        self.alarm = alarm = alarm if alarm is not None else Alarm()
         #: Answered connections on their way out (no longer in any state: CLOSED).
-        self.linger = linger if linger is not None else Linger(loop, time.monotonic)
+        self.linger = linger if linger is not None else Linger(loop, time.monotonic, alarm)
         #: QUEUED, oldest first.
         self.queue: deque[ClientConnection] = deque()
         #: fd -> connection, for the watched states (WAITING_FOR_HEAD, PARKED_*).
         self.watched: dict[int, ClientConnection] = {}
-        self.new = Timeouts(head_timeout)  # WAITING_FOR_HEAD
-        self.idle = Timeouts(keepalive)  # PARKED_IDLE
-        self.started = Timeouts(head_timeout)  # PARKED_STARTED
-        self.body = Timeouts(body_timeout or head_timeout)  # WAITING_FOR_BODY
+        self.new = Timeouts(head_timeout, alarm)  # WAITING_FOR_HEAD
+        self.idle = Timeouts(keepalive, alarm)  # PARKED_IDLE
+        self.started = Timeouts(head_timeout, alarm)  # PARKED_STARTED
+        self.body = Timeouts(body_timeout or head_timeout, alarm)  # WAITING_FOR_BODY
         # The timer of each state, indexed by the state (None: not watched).
         self._timers: tuple[Timeouts | None, ...] = tuple(
             {ConnState.WAITING_FOR_HEAD: self.new, ConnState.PARKED_IDLE: self.idle,
@@ -77,6 +80,7 @@ class ConnectionTable:
         self.new.timeout = self.started.timeout = head_timeout
         self.idle.timeout = keepalive
         self.body.timeout = body_timeout or head_timeout
+        self.alarm.reset()
 
     # -- into a watched state --------------------------------------------------------------
 
@@ -220,6 +224,12 @@ class ConnectionTable:
         for link in links:
             link.handed_out.clear()
         self.linger.close_all(in_child=in_child)
+
+    def next_deadline(self) -> float | None:
+        """When the first timer of a watched or lingering connection runs out, if any."""
+        return min((d for d in (self.new.next_deadline(), self.idle.next_deadline(),
+                                self.started.next_deadline(), self.body.next_deadline(),
+                                self.linger.next_deadline()) if d is not None), default=None)
 
     def audit(self, links: Sequence[WorkerLink]) -> None:
         """Check that every connection is where its state says (for tests; O(n))."""

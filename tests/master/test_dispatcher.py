@@ -3,6 +3,7 @@ a fake clock (time moves only when a test says so), and epoll waits of 0."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -354,6 +355,54 @@ def test_idle_parked_connection_expires_after_keepalive() -> None:
         client.settimeout(3)
         assert client.recv(1) == b""
         assert rig.dispatcher.stats["timed_out"] == 0  # an idle one just closes
+    finally:
+        rig.close()
+
+
+def test_a_parked_connection_leaving_early_does_not_delay_the_next_ones_timeout() -> None:
+    # The alarm was set for the first parked connection; it left (its next request came),
+    # so at that moment the loop finds nothing due, and must still close the second one
+    # exactly at its own deadline.
+    rig = Rig(keepalive=0.25)
+    try:
+        w = rig.worker(capacity=2)
+        first = rig.connect()
+        take_and_park(w, rig)  # parked at 0: the alarm is set for 0.25
+        rig.spin()
+        rig.advance(0.1)
+        second = rig.connect()
+        take_and_park(w, rig)  # parked at 0.1: due at 0.35
+        rig.spin()
+        first.sendall(GET)  # the first leaves its timer before the alarm it set rings
+        again = recv_until(w, rig)
+        assert again.fd is not None
+        os.close(again.fd)
+        rig.advance(0.16)  # 0.26: past the first's old deadline, nothing due
+        assert rig.dispatcher.counts()["parked"] == 1
+        second.settimeout(3)
+        rig.advance(0.08)  # 0.34: not yet
+        assert rig.dispatcher.counts()["parked"] == 1
+        rig.advance(0.02)  # 0.36: past the second's own deadline
+        assert rig.dispatcher.counts()["parked"] == 0
+        assert second.recv(1) == b""
+    finally:
+        rig.close()
+
+
+def test_a_shorter_keepalive_from_a_reload_applies_to_parked_connections_at_once() -> None:
+    rig = Rig(keepalive=30.0)
+    try:
+        w = rig.worker(capacity=1)
+        client = rig.connect()
+        take_and_park(w, rig)
+        rig.spin()
+        rig.advance(1.0)
+        assert rig.dispatcher.counts()["parked"] == 1
+        rig.dispatcher.settings = dataclasses.replace(rig.dispatcher.settings, keepalive=0.5)
+        rig.spin(1)
+        assert rig.dispatcher.counts()["parked"] == 0  # parked 1 s: over the new 0.5 s
+        client.settimeout(3)
+        assert client.recv(1) == b""
     finally:
         rig.close()
 

@@ -172,3 +172,15 @@ def test_totals_match_a_recount_after_any_sequence_of_changes() -> None:
             w for w, x in s._workers.items() if x.busy > x.capacity)
         assert s.reserves_held() == sum(
             min(x.reserve, max(0, x.busy - x.capacity)) for x in slots)
+        assert s.can_take() == any(x.busy < x.capacity + x.reserve for x in slots)
+
+
+def test_can_take_says_whether_pick_names_a_worker() -> None:
+    s = Scheduler[str]()
+    assert not s.can_take()
+    s.add("a", 1, reserve=1)
+    assert s.can_take() and s.pick() == "a"  # its slot
+    assert s.can_take() and s.pick() == "a"  # its reserve
+    assert not s.can_take() and s.pick() is None
+    s.release("a")
+    assert s.can_take()
