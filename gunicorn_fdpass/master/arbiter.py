@@ -208,15 +208,19 @@ class _MasterLoop:
                 arbiter.SIG_QUEUE.put_nowait(sig)  # Gunicorn's own stop loop reads them
             if any(sig in quick for sig in pending):
                 break
-            self._poll(min(0.1, deadline - time.monotonic()))
+            self._poll(min(0.1, deadline - time.monotonic()), one_round=True)
         self.dispatcher.close()  # what is left is idle: end it before the workers go
 
-    def _poll(self, timeout: float) -> None:
-        """One dispatcher round. An unexpected error in it (a bug) is logged and the master
-        goes on: raised into Gunicorn's loop it would stop the master, and with it every
-        worker and every connection."""
+    def _poll(self, timeout: float, *, one_round: bool = False) -> None:
+        """Dispatch for up to ``timeout`` seconds, until a signal arrives (or one round
+        only). An unexpected error in it (a bug) is logged and the master goes on: raised
+        into Gunicorn's loop it would stop the master, and with it every worker and every
+        connection."""
         try:
-            self.dispatcher.poll(timeout)
+            if one_round:
+                self.dispatcher.poll(timeout)
+            else:
+                self.dispatcher.run(timeout)
         except Exception:
             self.arbiter.log.exception("fdpass dispatcher error (a bug: please report it)")
 

@@ -170,8 +170,26 @@ class Dispatcher:
 
     # -- running --------------------------------------------------------------------------
 
-    def poll(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for events, handle them, dispatch queued work."""
+    def run(self, timeout: float) -> None:
+        """Rounds of :meth:`poll` for up to ``timeout`` seconds; return early once the wake-up
+        pipe was written (a signal for Gunicorn's arbiter to act on, or :meth:`wake`).
+
+        Looping here rather than in the caller keeps a busy master's round short: the
+        arbiter glue (signals, reloads, reports) runs only when there is something for it.
+        """
+        loop = self._loop
+        loop.woken = False
+        now = self._clock()
+        end = now + timeout
+        while True:
+            now = self.poll(end - now)
+            if loop.woken or now >= end:
+                return
+
+    def poll(self, timeout: float) -> float:
+        """Wait up to ``timeout`` seconds for events, handle them, dispatch queued work.
+
+        Returns the clock's time after the wait."""
         alarm = self._alarm
         now = self._clock()
         if now >= alarm.at:
@@ -191,6 +209,7 @@ class Dispatcher:
             self._run_timers(now)
         self._handoff.dispatch(now, self._links)
         self.board.publish(len(queue) + self._scheduler.reserves_held())
+        return now
 
     def _run_timers(self, now: float) -> None:
         """The alarm rang: act on every timer that ran out, then set it to the next one."""

@@ -178,8 +178,13 @@ class Intake:
         answer = error_message(408, server).data if conn.has_bytes() else None
         self._table.close(conn, answer)
 
-    def on_listener(self, listener: socket.socket, _: int) -> None:
-        """A listener is readable: accept a batch of connections."""
+    def on_listener(self, listening: tuple[socket.socket, int, int], _: int) -> None:
+        """A listener is readable: accept a batch of connections.
+
+        ``listening`` is the listener with its fd and address family, read once when it was
+        registered: Gunicorn's socket wrapper answers each attribute through __getattr__.
+        """
+        listener, listener_fd, family = listening
         settings = self._settings
         table = self._table
         room = min(ACCEPT_BATCH, settings.max_queue - len(table.queue),
@@ -188,13 +193,12 @@ class Intake:
             self._accept_one_by_one(listener)
             return
         # The fast path: accept and peek in one call, raw fds, no socket objects.
-        batch, err = core.accept_batch(listener.fileno(), room, self._peek_buf, self._max_peek)
+        batch, err = core.accept_batch(listener_fd, room, self._peek_buf, self._max_peek)
         if batch:
             if self._out_of_fds:
                 self._fds_again()
             self._stats["accepted"] += len(batch)
             now = self._clock()
-            family = listener.family
             ids = self._ids
             for fd, verdict in batch:
                 self._place(ClientConnection(next(ids), None, b"", fd, family), verdict, now)
@@ -426,7 +430,8 @@ class Intake:
         if self._accepting and not self._listener_fds:
             for listener in self._listeners:
                 fd = listener.fileno()
-                self._loop.watch(fd, select.EPOLLIN, self.on_listener, listener)
+                self._loop.watch(fd, select.EPOLLIN, self.on_listener,
+                                 (listener, fd, listener.family))
                 self._listener_fds.append(fd)
 
     def _unregister_listeners(self) -> None:

@@ -19,9 +19,12 @@ Handler = Callable[[Any, int], None]
 class EventLoop:
     """epoll plus the handler registered for each fd."""
 
-    __slots__ = ("_epoll", "_handlers", "_wake_r", "_wake_w")
+    __slots__ = ("_epoll", "_handlers", "_wake_r", "_wake_w", "woken")
 
     def __init__(self) -> None:
+        #: Set when a byte on the wake-up pipe was read (a signal, or :meth:`wake`); the
+        #: caller clears it.
+        self.woken = False
         self._epoll = select.epoll()
         self._handlers: dict[int, tuple[Handler, Any]] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -85,6 +88,7 @@ class EventLoop:
         os.close(self._wake_w)
 
     def _on_wake(self, _: None, __: int) -> None:
+        self.woken = True
         try:
             while os.read(self._wake_r, 4096):
                 pass

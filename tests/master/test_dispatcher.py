@@ -691,3 +691,27 @@ def test_the_waiting_board_counts_queued_work_and_reserves_after_every_round(rig
         _serve(w, recv_until(w, rig))
     rig.spin()
     assert board.waiting() == 0
+
+
+def test_run_serves_rounds_until_woken(rig: Rig) -> None:
+    # The fake clock never moves, so only the wake-up can end this run.
+    w = rig.worker(capacity=1)
+    rig.connect()
+    rig.dispatcher.wake()  # e.g. a signal for the arbiter: the run ends after its round
+    rig.dispatcher.run(3600)
+    got = w.recv()
+    assert got is not None and isinstance(got.message, protocol.Handoff)
+    assert got.fd is not None
+    os.close(got.fd)
+
+
+def test_run_ends_at_its_timeout() -> None:
+    rig = Rig()
+    try:
+        moving = iter(range(1000))
+        # A millisecond per reading, so that the run's timeout passes after a few rounds.
+        rig.dispatcher._clock = lambda: 1000.0 + next(moving) / 1000
+        rig.dispatcher.run(0.0025)  # it returns without a wake-up
+        assert next(moving) < 10
+    finally:
+        rig.close()
