@@ -47,6 +47,11 @@ class EventLoop:
         self._epoll.register(fd, events)
         self._handlers[fd] = (handler, obj)
 
+    def rearm(self, fd: int, events: int) -> None:
+        """Change what a watched ``fd`` reports (its handler stays): re-arms a one-shot entry
+        that fired."""
+        self._epoll.modify(fd, events)
+
     def unwatch(self, fd: int) -> None:
         """Stop watching ``fd`` (which must still be open and watched)."""
         del self._handlers[fd]
@@ -61,7 +66,8 @@ class EventLoop:
             pass  # already closed: the kernel dropped it from the set
 
     def forget(self, fd: int) -> None:
-        """Drop ``fd``'s handler without touching epoll (in a forked child: see below)."""
+        """Drop ``fd``'s handler without touching epoll: in a forked child (see below), or
+        for a one-shot entry that fired and whose fd is about to be closed."""
         self._handlers.pop(fd, None)
 
     def poll(self, timeout: float) -> None:

@@ -148,8 +148,8 @@ class ClientConnection:
     paths (answering 408 or 503, a head that needs a closer look).
     """
 
-    __slots__ = ("_sock", "conn_id", "family", "fd", "holder", "prefix", "proxy_ok", "refusals",
-                 "refused_by", "since", "state")
+    __slots__ = ("_sock", "conn_id", "family", "fd", "holder", "polled", "prefix", "proxy_ok",
+                 "refusals", "refused_by", "since", "state")
 
     def __init__(self, conn_id: int, sock: socket.socket | None, prefix: bytes = b"",
                  fd: int = -1, family: int = socket.AF_INET) -> None:
@@ -170,6 +170,8 @@ class ClientConnection:
         #: When it entered its current timer, the queue, or a worker's inbox.
         self.since = 0.0
         self.state = ConnState.NEW
+        #: How the master's epoll has its fd (0: not at all; the rest is :mod:`.table`'s).
+        self.polled = 0
         #: The peer may send a PROXY header (it is in ``proxy_allow_ips``); None: not known
         #: yet (the fast path reads no peer address; the intake asks when it must).
         self.proxy_ok: bool | None = None

@@ -24,7 +24,18 @@ from .timers import Alarm, Timeouts
 if TYPE_CHECKING:
     from .links import WorkerLink
 
-_WATCH_EVENTS: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+# How a client fd is in the master's epoll (ClientConnection.polled). A connection waiting
+# for its next request is armed for one event: when the request comes, the event disarms it,
+# so handing it out needs no epoll_ctl, and parking it again is one EPOLL_CTL_MOD (not an
+# ADD and a DEL per request). It stays in the epoll set, disarmed, while queued or handed
+# out. One that must wait on (half a head) goes edge-triggered: re-arming a one-shot entry
+# whose socket holds unread bytes would fire again at once, forever.
+_UNPOLLED: Final = 0
+_ARMED: Final = 1  # one-shot, armed: the next event disarms it
+_DISARMED: Final = 2  # in the set, reports nothing until re-armed
+_EDGE: Final = 3  # edge-triggered: every new arrival is reported
+_ONESHOT_EVENTS: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
+_EDGE_EVENTS: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _QUEUED: Final = ConnState.QUEUED
 _HANDED_OUT: Final = ConnState.HANDED_OUT
 # Module constants: an enum class attribute costs a lookup on every use.
@@ -148,6 +159,8 @@ class ConnectionTable:
         if conn is not None:
             advance(conn, _FINISHED)
             conn.holder = None
+            if conn.polled:
+                self._forget(conn)
             conn.close()
 
     def take_back(self, link: WorkerLink, conn_ids: Iterable[int]) -> int:
@@ -194,11 +207,19 @@ class ConnectionTable:
                 # head and shut its side must see FIN, not RST). Not from a handed-out one:
                 # what is pending there is its worker's to read.
                 conn.discard_input()
+            if conn.polled:
+                self._forget(conn)
             conn.close()
         elif conn.answer(answer):
-            # It may still be sending: read and drop it a while (the linger list owns it now).
+            # It may still be sending: read and drop it a while (the linger list owns it now;
+            # it watches the fd itself, so the fd leaves our epoll set first).
+            if conn.polled:
+                self._loop.unwatch(conn.fd)
+                conn.polled = _UNPOLLED
             self.linger.add(conn.give_socket())
         else:
+            if conn.polled:
+                self._forget(conn)
             conn.close()
 
     def close_all(self, links: Sequence[WorkerLink], *, in_child: bool) -> None:
@@ -216,6 +237,9 @@ class ConnectionTable:
                                     *(link.handed_out.values() for link in links)):
             advance(conn, _DROPPED)
             conn.holder = None
+            if conn.polled == _DISARMED:
+                self._loop.forget(conn.fd)  # closing the fd takes it out of the set
+            conn.polled = _UNPOLLED
             conn.close()
         self.queue.clear()
         self.watched.clear()
@@ -250,6 +274,11 @@ class ConnectionTable:
             timer = self._timers[conn.state]
             if timer is None or conn not in timer:
                 raise AssertionError(f"{conn!r} is watched without its timer")
+            if conn.polled not in (_ARMED, _EDGE):
+                raise AssertionError(f"{conn!r} is watched but not armed ({conn.polled})")
+        for place, conn, _ in places:
+            if place != "watched" and conn.polled not in (_UNPOLLED, _DISARMED):
+                raise AssertionError(f"{conn!r} in the {place} may still report events")
         timed = len(self.new) + len(self.idle) + len(self.started) + len(self.body)
         if timed != len(self.watched):
             raise AssertionError(f"{timed} timers for {len(self.watched)} watched connections")
@@ -263,10 +292,38 @@ class ConnectionTable:
         fd = conn.fd
         self.watched[fd] = conn
         timer.add(conn, now)
-        self._loop.watch(fd, _WATCH_EVENTS, self.on_client, conn)
+        if conn.polled == _DISARMED:
+            self._loop.rearm(fd, _ONESHOT_EVENTS)  # still in the set since its last wait
+        else:
+            self._loop.watch(fd, _ONESHOT_EVENTS, self._on_event, conn)
+        conn.polled = _ARMED
 
     def _unwatch(self, conn: ClientConnection, timer: Timeouts) -> None:
         fd = conn.fd
         del self.watched[fd]
-        self._loop.unwatch(fd)
         timer.remove(conn)
+        if conn.polled != _DISARMED:
+            # Armed or edge-triggered, it could still report: out of the set. (An entry is
+            # only ever silenced by its one-shot event: a MOD always keeps hang-ups on.)
+            self._loop.unwatch(fd)
+            conn.polled = _UNPOLLED
+
+    def _forget(self, conn: ClientConnection) -> None:
+        """Before closing the master's copy: drop its handler. A disarmed entry is left to
+        the close, which takes it out of the set (or, if the worker still holds the socket,
+        leaves it there silent until the worker closes it too)."""
+        if conn.polled == _DISARMED:
+            self._loop.forget(conn.fd)
+        else:
+            self._loop.unwatch(conn.fd)
+        conn.polled = _UNPOLLED
+
+    def _on_event(self, conn: ClientConnection, events: int) -> None:
+        """A watched connection has an event: the intake decides; it stays armed after."""
+        if conn.polled == _ARMED:
+            conn.polled = _DISARMED  # the kernel disarmed the one-shot entry
+        self.on_client(conn, events)
+        if conn.polled == _DISARMED and self._timers[conn.state] is not None:
+            # Still waiting (half a head, a body on its way): report every arrival from now.
+            self._loop.rearm(conn.fd, _EDGE_EVENTS)
+            conn.polled = _EDGE
