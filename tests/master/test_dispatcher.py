@@ -330,6 +330,39 @@ def test_parked_connection_returns_to_a_worker_when_data_arrives(rig: Rig) -> No
     socket.socket(fileno=again.fd).close()
 
 
+def test_many_requests_on_one_connection_each_come_back_once_whole(rig: Rig) -> None:
+    # Parking re-arms a one-shot epoll entry: each next request must be seen exactly once,
+    # whether it came before the park (already readable when re-armed), after it whole, or
+    # after it in two parts (then the entry turns edge-triggered until the head is whole).
+    w = rig.worker(capacity=1)
+    client = rig.connect()
+    got = recv_until(w, rig)
+    assert isinstance(got.message, protocol.Handoff) and got.fd is not None
+    conn_id = got.message.conn_id
+    arrivals = ["before the park", "after it", "in two parts", "after it"]
+    for arrival in arrivals:
+        consume_request(got.fd)
+        os.close(got.fd)
+        if arrival == "before the park":
+            client.sendall(GET)
+        w.send(protocol.Park(conn_id, b"", socket.AF_INET))
+        rig.spin()
+        if arrival == "after it":
+            assert w.recv() is None
+            client.sendall(GET)
+        elif arrival == "in two parts":
+            client.sendall(GET[:7])
+            rig.spin()
+            assert w.recv() is None and rig.dispatcher.counts()["parked"] == 1
+            client.sendall(GET[7:])
+        got = recv_until(w, rig)
+        assert got.message == protocol.Handoff(conn_id, b"", socket.AF_INET)
+        assert got.fd is not None
+    rig.spin()
+    assert w.recv() is None  # no second handoff of any of them
+    os.close(got.fd)
+
+
 def test_parked_connection_closes_when_client_hangs_up(rig: Rig) -> None:
     w = rig.worker(capacity=1)
     client = rig.connect()
