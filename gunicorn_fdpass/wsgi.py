@@ -121,10 +121,17 @@ def _split_host(host: str, default_port: str) -> tuple[str, str]:
     return host, default_port
 
 
+def _server_name(server: Address) -> tuple[str, str]:
+    """SERVER_NAME and SERVER_PORT from our own socket address, for a request without Host."""
+    if isinstance(server, tuple) and len(server) >= 2:
+        return str(server[0]), str(server[1])
+    return "localhost", ""
+
+
 def build_environ(
     request: ParsedRequest,
     *,
-    server: Address,
+    server: Address | Callable[[], Address],
     client: Address,
     url_scheme: str,
     script_name: str,
@@ -136,12 +143,13 @@ def build_environ(
 ) -> dict[str, Any]:
     """Build a complete PEP 3333 environ for a parsed ``request``.
 
-    ``server``/``client`` are the local and peer socket addresses. ``script_name`` is the mount
-    point of the application (no trailing slash needed); when the decoded path starts with it,
-    it is stripped from ``PATH_INFO``. A trusted proxy's ``SCRIPT_NAME`` field (Gunicorn's
-    ``forwarder_headers``) replaces it. ``request.headers`` already went through the header
-    policy (``header_map``), and ``request.scheme`` (from ``secure_scheme_headers``), when set,
-    replaces ``url_scheme``.
+    ``server``/``client`` are the local and peer socket addresses (``server`` may be a
+    callable that returns it: it is only needed for a request without ``Host``).
+    ``script_name`` is the mount point of the application (no trailing slash needed); when the
+    decoded path starts with it, it is stripped from ``PATH_INFO``. A trusted proxy's
+    ``SCRIPT_NAME`` field (Gunicorn's ``forwarder_headers``) replaces it.
+    ``request.headers`` already went through the header policy (``header_map``), and
+    ``request.scheme`` (from ``secure_scheme_headers``), when set, replaces ``url_scheme``.
     """
     if request.script_name is not None:
         script_name = request.script_name
@@ -190,10 +198,9 @@ def build_environ(
 
     if host:
         environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(host, default_port)
-    elif isinstance(server, tuple) and len(server) >= 2:
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = str(server[0]), str(server[1])
     else:
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = "localhost", ""
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = _server_name(
+            server() if callable(server) else server)
 
     if isinstance(client, tuple) and len(client) >= 2:
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = str(client[0]), str(client[1])

@@ -193,6 +193,19 @@ def test_server_name_without_host() -> None:
     assert env["REMOTE_ADDR"] == ""
 
 
+def test_server_address_given_as_a_callable_is_only_called_without_host() -> None:
+    calls: list[int] = []
+
+    def server() -> tuple[str, int]:
+        calls.append(1)
+        return ("10.1.1.1", 8080)
+
+    env = environ_for(request("/", [("Host", "h:81")]), server=server)
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("h", "81") and calls == []
+    env = environ_for(request("/", [], version="1.0"), server=server)
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("10.1.1.1", "8080") and calls == [1]
+
+
 def test_multithread_flag() -> None:
     env = environ_for(request("/"), multithread=True, multiprocess=False)
     assert env["wsgi.multithread"] is True and env["wsgi.multiprocess"] is False

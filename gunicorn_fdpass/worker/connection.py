@@ -27,7 +27,7 @@ connection.
 from __future__ import annotations
 
 import socket
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from ..http import proxy_protocol
 from ..http.body_framing import RequestBody
@@ -75,6 +75,13 @@ def serve_connection(
     return ConnectionLoop(sock, app, config, hooks, log).run(prefix)
 
 
+class _Unknown:
+    """Marks an address not asked for yet (None is a valid answer: unknown)."""
+
+
+_UNKNOWN: Final = _Unknown()
+
+
 def _address(get: Any) -> Address:
     try:
         return cast(Address, get())
@@ -100,7 +107,9 @@ class ConnectionLoop:
         self.policy = config.policy
         self.hooks = hooks
         self.log = log
-        self.server_addr = _address(sock.getsockname)
+        # Our own address is only needed for a request without Host (server_address):
+        # asked on first use, it costs most connections no getsockname().
+        self._server_addr: Address | _Unknown = _UNKNOWN
         self.client_addr = _address(sock.getpeername)
         # Per connection, not per request: the peer cannot change.
         self.trusted = self.rules.forwarded_allow.allows(self.client_addr)
@@ -111,10 +120,22 @@ class ConnectionLoop:
         # request body left unread): the close then lingers (Transport.finish).
         self.linger = False
 
+    def server_address(self) -> Address:
+        """The socket's own address (``getsockname()``, asked once)."""
+        addr = self._server_addr
+        if isinstance(addr, _Unknown):
+            addr = self._server_addr = _address(self.transport.sock.getsockname)
+        return addr
+
+    @property
+    def server_addr(self) -> Address:
+        """The socket's own address (see :meth:`server_address`)."""
+        return self.server_address()
+
     def run(self, prefix: bytes) -> Closed | Idle:
         """Serve requests until the connection ends or goes back to the master."""
         try:
-            self.transport.sock.settimeout(self.config.io_timeout)
+            self.transport.set_timeout(self.config.io_timeout)
         except OSError as exc:
             self.log.debug("Cannot use client socket: %s", exc)
             return self.close()
@@ -165,12 +186,19 @@ class ConnectionLoop:
             if not self._recv_into_buffer("a PROXY header"):
                 return False
 
-    def _recv_into_buffer(self, what: str) -> bool:
-        """One blocking recv() into the buffer; False if the connection is over."""
+    def _recv_into_buffer(self, what: str, wait: bool = True) -> bool | None:
+        """One recv() into the buffer; False if the connection is over. Unless ``wait``,
+        only what has arrived counts: None if nothing has."""
         if self.eof:
             return False
         try:
-            data = self.transport.recv(RECV_SIZE)
+            if wait:
+                data = self.transport.recv(RECV_SIZE)
+            else:
+                got = self.transport.recv_now(RECV_SIZE)
+                if got is None:
+                    return None
+                data = got
         except TimeoutError:
             self.log.debug("Timed out waiting for %s from %s", what, self.client_addr)
             if self.buf:
@@ -207,9 +235,10 @@ class ConnectionLoop:
                 self._reject(exc)
                 return self.close()
             scanned = len(self.buf)
-            if not blocking and not self.eof and not self.transport.readable_now():
+            got = self._recv_into_buffer("a request", wait=blocking)
+            if got is None:
                 return self._idle()
-            if not self._recv_into_buffer("a request"):
+            if not got:
                 return self.close()
 
     def _reject(self, exc: Rejected) -> None:

@@ -85,7 +85,7 @@ class RequestCycle:
         wsgi_errors = conn.hooks.wsgi_errors()
         environ = build_environ(
             request,
-            server=conn.server_addr,
+            server=conn.server_address,
             client=conn.client_addr,
             url_scheme=config.url_scheme,
             script_name=config.script_name,
