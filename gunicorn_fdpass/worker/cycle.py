@@ -117,6 +117,8 @@ class RequestCycle:
     def _report(self, req: RequestInfo, environ: dict[str, Any], resp: Response,
                 started: float) -> None:
         conn = self.conn
+        if not conn.hooks.access_wanted():
+            return
         info = resp.final_info()
         try:
             conn.hooks.post_request(req, environ, info)

@@ -69,6 +69,9 @@ class FakeHooks:
     def others_waiting(self) -> bool:
         return self.waiting
 
+    def access_wanted(self) -> bool:
+        return True
+
     def request_started(self) -> After:
         self.started += 1
         if self.close_after is not None and self.started >= self.close_after:
