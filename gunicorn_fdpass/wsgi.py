@@ -78,6 +78,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 _ABSOLUTE_FORM_RE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.\-]*://")
+# Header fields that passed validate_headers: most responses repeat the same few (a
+# Content-Type, a constant header), and a lookup costs less than two regular expressions.
+# Bounded, since values such as cookies differ from one response to the next.
+_VALID_HEADERS: dict[tuple[str, str], None] = {}
+_MAX_VALID_HEADERS = 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +338,11 @@ def validate_headers(headers: object) -> list[tuple[str, str]]:
     if not isinstance(headers, (list, tuple)):
         raise TypeError(f"headers must be a list, not {type(headers).__name__}")
     checked: list[tuple[str, str]] = []
+    valid = _VALID_HEADERS
     for item in headers:
+        if type(item) is tuple and item in valid:
+            checked.append(item)
+            continue
         if not isinstance(item, tuple) or len(item) != 2:
             raise TypeError(f"header must be a (name, value) tuple, not {item!r}")
         name, value = item
@@ -349,6 +358,10 @@ def validate_headers(headers: object) -> list[tuple[str, str]]:
         if name.lower() in HOP_BY_HOP:
             raise ValueError(f"hop-by-hop header {name!r} is not allowed from a WSGI application")
         checked.append((name, value))
+        if type(name) is str and type(value) is str:  # str subclasses may compare oddly
+            if len(valid) >= _MAX_VALID_HEADERS:
+                valid.clear()
+            valid[(name, value)] = None
     return checked
 
 

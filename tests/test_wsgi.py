@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gunicorn_fdpass import wsgi
 from gunicorn_fdpass.http.request_head import parse_head
 from gunicorn_fdpass.http.request_rules import ParsedRequest, RequestRules
 from gunicorn_fdpass.wsgi import (
@@ -19,6 +20,7 @@ from gunicorn_fdpass.wsgi import (
     ResponseStarter,
     build_environ,
     split_target,
+    validate_headers,
 )
 
 
@@ -505,3 +507,19 @@ def test_file_wrapper_without_close() -> None:
     wrapper = FileWrapper(Reader(), 10)  # type: ignore[arg-type]
     assert list(wrapper) == []
     wrapper.close()  # no close() on the file-like: nothing to do
+
+
+def test_validated_headers_are_remembered_but_never_wrong_ones() -> None:
+    good = [("Content-Type", "text/plain"), ("X-A", "1")]
+    assert validate_headers(good) == good
+    assert validate_headers(list(good)) == good  # the remembered path: same answer
+    # Equal-looking but not str: still refused, although ("X-A", "1") is remembered.
+    with pytest.raises(TypeError):
+        validate_headers([("X-A", b"1")])
+    with pytest.raises(TypeError):
+        validate_headers([["X-A", "1"]])  # a list, not a tuple
+    with pytest.raises(ValueError):
+        validate_headers([("X-A", "1\r\nX-B: 2")])
+    for i in range(3000):  # the memory is bounded: it starts over
+        assert validate_headers([("X-N", str(i))]) == [("X-N", str(i))]
+    assert len(wsgi._VALID_HEADERS) <= wsgi._MAX_VALID_HEADERS

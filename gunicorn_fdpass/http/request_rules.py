@@ -181,13 +181,11 @@ def find_head_end(data: bytes | bytearray, rules: RequestRules, resume: int = 0)
     """
     start = 2 if data[:2] == b"\r\n" else 0  # RFC 9112 2.2: one leading empty line is ignored
     limit = rules.line_limit or UNLIMITED_LINE
-    match = _END_OR_BARE_LF_RE.search(data, max(start, resume - 3))
-    if match is not None:
-        if match.end() - match.start() == 1:
-            raise Rejected(400, "bare LF as a line terminator")
+    end = _scan(data, max(start, resume - 3))
+    if end >= 0:
         if data.find(b"\r\n", start) - start > limit:
             raise Rejected(414, "request line too long")
-        return match.end()
+        return end
     line_end = data.find(b"\r\n", start, start + limit + 3)
     if line_end < 0:
         if len(data) - start - 2 > limit:
@@ -200,3 +198,20 @@ def find_head_end(data: bytes | bytearray, rules: RequestRules, resume: int = 0)
     if len(data) - line_end - 2 > rules.max_header_block:
         raise Rejected(431, "header section too large")
     return -1
+
+
+def _scan(data: bytes | bytearray, pos: int) -> int:
+    """From ``pos``: the index just past the first blank line, or -1; Rejected if a bare LF
+    comes first."""
+    blank = data.find(b"\r\n\r\n", pos)
+    stop = len(data) if blank < 0 else blank + 4
+    # Every LF is part of a CRLF when the counts agree: two C-level passes, much faster than
+    # the regular expression, which decides the rest (a bare LF, or a CRLF split at pos).
+    if data.count(b"\n", pos, stop) == data.count(b"\r\n", pos, stop):
+        return stop if blank >= 0 else -1
+    match = _END_OR_BARE_LF_RE.search(data, pos)
+    if match is None:
+        return -1
+    if match.end() - match.start() == 1:
+        raise Rejected(400, "bare LF as a line terminator")
+    return match.end()

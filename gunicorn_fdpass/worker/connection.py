@@ -226,7 +226,8 @@ class ConnectionLoop:
         scanned = 0
         while True:
             try:
-                end = find_head_end(self.buf, self.rules, scanned)
+                # (Nothing to look for in an empty buffer: the usual first read.)
+                end = find_head_end(self.buf, self.rules, scanned) if self.buf else -1
                 if end >= 0:
                     head = bytes(self.buf[:end])
                     del self.buf[:end]

@@ -60,18 +60,21 @@ class RequestCycle:
         finally:
             if spooled is not None:
                 spooled.close()
-        self._settle()
+        if closes(self.facts, conn.policy, self.after) or not self._settled():
+            return Next.CLOSE  # (no point reading what is left of the body, or asking
+            # whether others wait)
         return decide(self.facts, conn.policy, self.after, served=served,
                       others_waiting=conn.hooks.others_waiting())
 
-    def _settle(self) -> None:
-        """After the response: was the exchange complete, is the connection ready for more?"""
-        if closes(self.facts, self.conn.policy, self.after):
-            return  # closing anyway: no point reading what is left of the body
+    def _settled(self) -> bool:
+        """After the response: was the exchange complete, is the connection ready for more?
+        If not, the exchange is broken."""
         resp = self.response
         if (resp is None or not resp.finished or self.conn.transport.dead
                 or self.reader.error is not None or not self.reader.drain()):
             self.facts.broken = True
+            return False
+        return True
 
     def _respond(self, started: float, spooled: IO[bytes] | None) -> None:
         """Run the application and send its response, then the hooks."""
