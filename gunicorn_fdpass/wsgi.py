@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO, Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 from .http.request_rules import ParsedRequest
@@ -83,6 +83,14 @@ _ABSOLUTE_FORM_RE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.\-]*://")
 # Bounded, since values such as cookies differ from one response to the next.
 _VALID_HEADERS: dict[tuple[str, str], None] = {}
 _MAX_VALID_HEADERS = 1024
+# environ keys of request header names ("USER-AGENT" -> "HTTP_USER_AGENT"): clients send
+# the same few names over and over. Bounded: names are the client's choice.
+_ENVIRON_KEYS: dict[str, str] = {}
+_MAX_ENVIRON_KEYS = 1024
+_PROTOCOLS: Final = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}
+# Statuses that passed validate_status, with their (code, reason): applications use a few.
+_VALID_STATUSES: dict[str, tuple[int, str]] = {}
+_MAX_VALID_STATUSES = 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +167,8 @@ def build_environ(
     if request.script_name is not None:
         script_name = request.script_name
     # PEP 3333: PATH_INFO is the percent-decoded path, each byte mapped to one code point.
-    path_info = unquote_to_bytes(request.path).decode("latin-1")
+    path = request.path
+    path_info = unquote_to_bytes(path).decode("latin-1") if "%" in path else path
     script_name = script_name.rstrip("/")
     if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
         path_info = path_info[len(script_name) :]
@@ -173,7 +182,7 @@ def build_environ(
         "PATH_INFO": path_info,
         "QUERY_STRING": request.query,
         "RAW_URI": request.target,
-        "SERVER_PROTOCOL": f"HTTP/{major}.{minor}",
+        "SERVER_PROTOCOL": _PROTOCOLS.get(request.version) or f"HTTP/{major}.{minor}",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": url_scheme,
         "wsgi.input": wsgi_input,
@@ -197,7 +206,12 @@ def build_environ(
             continue
         if name == "HOST":
             host = value
-        key = "HTTP_" + name.replace("-", "_")
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = "HTTP_" + name.replace("-", "_")
+            if len(_ENVIRON_KEYS) >= _MAX_ENVIRON_KEYS:
+                _ENVIRON_KEYS.clear()
+            _ENVIRON_KEYS[name] = key
         previous = environ.get(key)
         environ[key] = value if previous is None else previous + "," + value
 
@@ -324,12 +338,21 @@ class InputStream:
 
 def validate_status(status: object) -> tuple[int, str]:
     """Check a WSGI status string and return ``(code, reason)``."""
+    if type(status) is str:
+        known = _VALID_STATUSES.get(status)
+        if known is not None:
+            return known
     if not isinstance(status, str):
         raise TypeError(f"status must be a str, not {type(status).__name__}")
     match = _STATUS_RE.fullmatch(status)
     if match is None:
         raise ValueError(f"invalid status line {status!r}")
-    return int(match.group(1)), match.group(2) or ""
+    parsed = int(match.group(1)), match.group(2) or ""
+    if type(status) is str:
+        if len(_VALID_STATUSES) >= _MAX_VALID_STATUSES:
+            _VALID_STATUSES.clear()
+        _VALID_STATUSES[status] = parsed
+    return parsed
 
 
 def validate_headers(headers: object) -> list[tuple[str, str]]:

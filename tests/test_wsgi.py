@@ -21,6 +21,7 @@ from gunicorn_fdpass.wsgi import (
     build_environ,
     split_target,
     validate_headers,
+    validate_status,
 )
 
 
@@ -523,3 +524,22 @@ def test_validated_headers_are_remembered_but_never_wrong_ones() -> None:
     for i in range(3000):  # the memory is bounded: it starts over
         assert validate_headers([("X-N", str(i))]) == [("X-N", str(i))]
     assert len(wsgi._VALID_HEADERS) <= wsgi._MAX_VALID_HEADERS
+
+
+def test_validated_statuses_are_remembered_but_never_wrong_ones() -> None:
+    assert validate_status("200 OK") == (200, "OK")
+    assert validate_status("200 OK") == (200, "OK")  # the remembered path
+    with pytest.raises(ValueError):
+        validate_status("200 OK\r\nX: y")
+    for code in range(300):  # bounded memory: it starts over
+        assert validate_status(f"{200 + code % 300} R{code}") == (200 + code % 300, f"R{code}")
+    assert len(wsgi._VALID_STATUSES) <= wsgi._MAX_VALID_STATUSES
+
+
+def test_environ_keys_of_header_names_stay_right_past_their_bounded_memory() -> None:
+    for i in range(wsgi._MAX_ENVIRON_KEYS + 10):
+        env = environ_for(request("/", [("Host", "h"), (f"X-NAME-{i}", "v")]))
+        assert env[f"HTTP_X_NAME_{i}"] == "v"
+    assert len(wsgi._ENVIRON_KEYS) <= wsgi._MAX_ENVIRON_KEYS
+    env = environ_for(request("/a%20b/c", [("Host", "h")]))
+    assert env["PATH_INFO"] == "/a b/c"
