@@ -70,7 +70,8 @@ def serve_connection(
     Returns :class:`Closed` once the connection had to end (after ``shutdown(SHUT_WR)``), or
     :class:`Idle` when it goes back to the master: no further complete request is buffered or
     readable without blocking, or the keep-alive decision hands it back. Never closes the fd.
-    The socket's timeout is set to ``config.io_timeout``.
+    A read, or a whole send, waits at most ``config.io_timeout`` for the client (see
+    :class:`~gunicorn_fdpass.worker.transport.Transport`).
     """
     return ConnectionLoop(sock, app, config, hooks, log).run(prefix)
 

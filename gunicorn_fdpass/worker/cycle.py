@@ -60,9 +60,10 @@ class RequestCycle:
         finally:
             if spooled is not None:
                 spooled.close()
+        # Closing anyway: no point reading what is left of the body, or asking whether
+        # others wait.
         if closes(self.facts, conn.policy, self.after) or not self._settled():
-            return Next.CLOSE  # (no point reading what is left of the body, or asking
-            # whether others wait)
+            return Next.CLOSE
         return decide(self.facts, conn.policy, self.after, served=served,
                       others_waiting=conn.hooks.others_waiting())
 
