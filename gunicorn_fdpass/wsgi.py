@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO, Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 from .http.request_rules import ParsedRequest
@@ -78,6 +78,19 @@ HOP_BY_HOP = frozenset(
     }
 )
 _ABSOLUTE_FORM_RE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.\-]*://")
+# Header fields that passed validate_headers: most responses repeat the same few (a
+# Content-Type, a constant header), and a lookup costs less than two regular expressions.
+# Bounded, since values such as cookies differ from one response to the next.
+_VALID_HEADERS: dict[tuple[str, str], None] = {}
+_MAX_VALID_HEADERS = 1024
+# environ keys of request header names ("USER-AGENT" -> "HTTP_USER_AGENT"): clients send
+# the same few names over and over. Bounded: names are the client's choice.
+_ENVIRON_KEYS: dict[str, str] = {}
+_MAX_ENVIRON_KEYS = 1024
+_PROTOCOLS: Final = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}
+# Statuses that passed validate_status, with their (code, reason): applications use a few.
+_VALID_STATUSES: dict[str, tuple[int, str]] = {}
+_MAX_VALID_STATUSES = 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,10 +134,17 @@ def _split_host(host: str, default_port: str) -> tuple[str, str]:
     return host, default_port
 
 
+def _server_name(server: Address) -> tuple[str, str]:
+    """SERVER_NAME and SERVER_PORT from our own socket address, for a request without Host."""
+    if isinstance(server, tuple) and len(server) >= 2:
+        return str(server[0]), str(server[1])
+    return "localhost", ""
+
+
 def build_environ(
     request: ParsedRequest,
     *,
-    server: Address,
+    server: Address | Callable[[], Address],
     client: Address,
     url_scheme: str,
     script_name: str,
@@ -136,17 +156,19 @@ def build_environ(
 ) -> dict[str, Any]:
     """Build a complete PEP 3333 environ for a parsed ``request``.
 
-    ``server``/``client`` are the local and peer socket addresses. ``script_name`` is the mount
-    point of the application (no trailing slash needed); when the decoded path starts with it,
-    it is stripped from ``PATH_INFO``. A trusted proxy's ``SCRIPT_NAME`` field (Gunicorn's
-    ``forwarder_headers``) replaces it. ``request.headers`` already went through the header
-    policy (``header_map``), and ``request.scheme`` (from ``secure_scheme_headers``), when set,
-    replaces ``url_scheme``.
+    ``server``/``client`` are the local and peer socket addresses (``server`` may be a
+    callable that returns it: it is only needed for a request without ``Host``).
+    ``script_name`` is the mount point of the application (no trailing slash needed); when the
+    decoded path starts with it, it is stripped from ``PATH_INFO``. A trusted proxy's
+    ``SCRIPT_NAME`` field (Gunicorn's ``forwarder_headers``) replaces it.
+    ``request.headers`` already went through the header policy (``header_map``), and
+    ``request.scheme`` (from ``secure_scheme_headers``), when set, replaces ``url_scheme``.
     """
     if request.script_name is not None:
         script_name = request.script_name
     # PEP 3333: PATH_INFO is the percent-decoded path, each byte mapped to one code point.
-    path_info = unquote_to_bytes(request.path).decode("latin-1")
+    path = request.path
+    path_info = unquote_to_bytes(path).decode("latin-1") if "%" in path else path
     script_name = script_name.rstrip("/")
     if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
         path_info = path_info[len(script_name) :]
@@ -160,7 +182,7 @@ def build_environ(
         "PATH_INFO": path_info,
         "QUERY_STRING": request.query,
         "RAW_URI": request.target,
-        "SERVER_PROTOCOL": f"HTTP/{major}.{minor}",
+        "SERVER_PROTOCOL": _PROTOCOLS.get(request.version) or f"HTTP/{major}.{minor}",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": url_scheme,
         "wsgi.input": wsgi_input,
@@ -184,16 +206,20 @@ def build_environ(
             continue
         if name == "HOST":
             host = value
-        key = "HTTP_" + name.replace("-", "_")
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = "HTTP_" + name.replace("-", "_")
+            if len(_ENVIRON_KEYS) >= _MAX_ENVIRON_KEYS:
+                _ENVIRON_KEYS.clear()
+            _ENVIRON_KEYS[name] = key
         previous = environ.get(key)
         environ[key] = value if previous is None else previous + "," + value
 
     if host:
         environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(host, default_port)
-    elif isinstance(server, tuple) and len(server) >= 2:
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = str(server[0]), str(server[1])
     else:
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = "localhost", ""
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = _server_name(
+            server() if callable(server) else server)
 
     if isinstance(client, tuple) and len(client) >= 2:
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = str(client[0]), str(client[1])
@@ -312,12 +338,21 @@ class InputStream:
 
 def validate_status(status: object) -> tuple[int, str]:
     """Check a WSGI status string and return ``(code, reason)``."""
+    if type(status) is str:
+        known = _VALID_STATUSES.get(status)
+        if known is not None:
+            return known
     if not isinstance(status, str):
         raise TypeError(f"status must be a str, not {type(status).__name__}")
     match = _STATUS_RE.fullmatch(status)
     if match is None:
         raise ValueError(f"invalid status line {status!r}")
-    return int(match.group(1)), match.group(2) or ""
+    parsed = int(match.group(1)), match.group(2) or ""
+    if type(status) is str:
+        if len(_VALID_STATUSES) >= _MAX_VALID_STATUSES:
+            _VALID_STATUSES.clear()
+        _VALID_STATUSES[status] = parsed
+    return parsed
 
 
 def validate_headers(headers: object) -> list[tuple[str, str]]:
@@ -326,7 +361,11 @@ def validate_headers(headers: object) -> list[tuple[str, str]]:
     if not isinstance(headers, (list, tuple)):
         raise TypeError(f"headers must be a list, not {type(headers).__name__}")
     checked: list[tuple[str, str]] = []
+    valid = _VALID_HEADERS
     for item in headers:
+        if type(item) is tuple and item in valid:
+            checked.append(item)
+            continue
         if not isinstance(item, tuple) or len(item) != 2:
             raise TypeError(f"header must be a (name, value) tuple, not {item!r}")
         name, value = item
@@ -342,6 +381,10 @@ def validate_headers(headers: object) -> list[tuple[str, str]]:
         if name.lower() in HOP_BY_HOP:
             raise ValueError(f"hop-by-hop header {name!r} is not allowed from a WSGI application")
         checked.append((name, value))
+        if type(name) is str and type(value) is str:  # str subclasses may compare oddly
+            if len(valid) >= _MAX_VALID_HEADERS:
+                valid.clear()
+            valid[(name, value)] = None
     return checked
 
 

@@ -307,6 +307,12 @@ def pid_view(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
     return _text(start_response, str(os.getpid()), extra=[_pid_header()])
 
 
+def errors_view(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Writes the query string and a newline to wsgi.errors."""
+    environ["wsgi.errors"].write(environ.get("QUERY_STRING", "") + "\n")
+    return _text(start_response, "written")
+
+
 def fds_view(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     fds = []
     for name in sorted(os.listdir("/proc/self/fd"), key=int):
@@ -382,6 +388,7 @@ ROUTES: dict[str, Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]
     "/order": order_view,
     "/close-tracked": close_tracked,
     "/pid": pid_view,
+    "/errors": errors_view,
     "/fds": fds_view,
     "/fd-limit": fd_limit_view,
 }

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gunicorn_fdpass import wsgi
 from gunicorn_fdpass.http.request_head import parse_head
 from gunicorn_fdpass.http.request_rules import ParsedRequest, RequestRules
 from gunicorn_fdpass.wsgi import (
@@ -19,6 +20,8 @@ from gunicorn_fdpass.wsgi import (
     ResponseStarter,
     build_environ,
     split_target,
+    validate_headers,
+    validate_status,
 )
 
 
@@ -191,6 +194,19 @@ def test_server_name_without_host() -> None:
     env = environ_for(req, server=None, client=None)
     assert env["SERVER_NAME"] == "localhost"
     assert env["REMOTE_ADDR"] == ""
+
+
+def test_server_address_given_as_a_callable_is_only_called_without_host() -> None:
+    calls: list[int] = []
+
+    def server() -> tuple[str, int]:
+        calls.append(1)
+        return ("10.1.1.1", 8080)
+
+    env = environ_for(request("/", [("Host", "h:81")]), server=server)
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("h", "81") and calls == []
+    env = environ_for(request("/", [], version="1.0"), server=server)
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("10.1.1.1", "8080") and calls == [1]
 
 
 def test_multithread_flag() -> None:
@@ -492,3 +508,38 @@ def test_file_wrapper_without_close() -> None:
     wrapper = FileWrapper(Reader(), 10)  # type: ignore[arg-type]
     assert list(wrapper) == []
     wrapper.close()  # no close() on the file-like: nothing to do
+
+
+def test_validated_headers_are_remembered_but_never_wrong_ones() -> None:
+    good = [("Content-Type", "text/plain"), ("X-A", "1")]
+    assert validate_headers(good) == good
+    assert validate_headers(list(good)) == good  # the remembered path: same answer
+    # Equal-looking but not str: still refused, although ("X-A", "1") is remembered.
+    with pytest.raises(TypeError):
+        validate_headers([("X-A", b"1")])
+    with pytest.raises(TypeError):
+        validate_headers([["X-A", "1"]])  # a list, not a tuple
+    with pytest.raises(ValueError):
+        validate_headers([("X-A", "1\r\nX-B: 2")])
+    for i in range(3000):  # the memory is bounded: it starts over
+        assert validate_headers([("X-N", str(i))]) == [("X-N", str(i))]
+    assert len(wsgi._VALID_HEADERS) <= wsgi._MAX_VALID_HEADERS
+
+
+def test_validated_statuses_are_remembered_but_never_wrong_ones() -> None:
+    assert validate_status("200 OK") == (200, "OK")
+    assert validate_status("200 OK") == (200, "OK")  # the remembered path
+    with pytest.raises(ValueError):
+        validate_status("200 OK\r\nX: y")
+    for code in range(300):  # bounded memory: it starts over
+        assert validate_status(f"{200 + code % 300} R{code}") == (200 + code % 300, f"R{code}")
+    assert len(wsgi._VALID_STATUSES) <= wsgi._MAX_VALID_STATUSES
+
+
+def test_environ_keys_of_header_names_stay_right_past_their_bounded_memory() -> None:
+    for i in range(wsgi._MAX_ENVIRON_KEYS + 10):
+        env = environ_for(request("/", [("Host", "h"), (f"X-NAME-{i}", "v")]))
+        assert env[f"HTTP_X_NAME_{i}"] == "v"
+    assert len(wsgi._ENVIRON_KEYS) <= wsgi._MAX_ENVIRON_KEYS
+    env = environ_for(request("/a%20b/c", [("Host", "h")]))
+    assert env["PATH_INFO"] == "/a b/c"

@@ -4,6 +4,7 @@ configuration (:func:`gunicorn_fdpass.gunicorn_settings.http_config`). Pure data
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Final
 
 from ..settings import FdpassSettings
@@ -48,8 +49,8 @@ class HttpConfig:
     # without CONTENT_LENGTH, as Gunicorn does.
     max_chunked_body: int = _DEFAULTS.max_chunked_body
 
-    @property
+    @cached_property
     def policy(self) -> Policy:
-        """The settings the keep-alive decision reads."""
+        """The settings the keep-alive decision reads (made once: read per connection)."""
         return Policy(keepalive=self.keepalive, parkable=self.parkable, burst=self.burst,
                       in_order=self.in_order)

@@ -93,6 +93,11 @@ class RequestHooks(Protocol):
         """The stream for one request's ``environ["wsgi.errors"]``."""
         ...
 
+    def access_wanted(self) -> bool:
+        """True if the access log or a ``post_request`` hook will read the request's
+        environ; else neither :meth:`post_request` nor :meth:`access` is called."""
+        ...
+
 
 @dataclass(frozen=True)
 class Closed:

@@ -27,7 +27,7 @@ connection.
 from __future__ import annotations
 
 import socket
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from ..http import proxy_protocol
 from ..http.body_framing import RequestBody
@@ -70,9 +70,17 @@ def serve_connection(
     Returns :class:`Closed` once the connection had to end (after ``shutdown(SHUT_WR)``), or
     :class:`Idle` when it goes back to the master: no further complete request is buffered or
     readable without blocking, or the keep-alive decision hands it back. Never closes the fd.
-    The socket's timeout is set to ``config.io_timeout``.
+    A read, or a whole send, waits at most ``config.io_timeout`` for the client (see
+    :class:`~gunicorn_fdpass.worker.transport.Transport`).
     """
     return ConnectionLoop(sock, app, config, hooks, log).run(prefix)
+
+
+class _Unknown:
+    """Marks an address not asked for yet (None is a valid answer: unknown)."""
+
+
+_UNKNOWN: Final = _Unknown()
 
 
 def _address(get: Any) -> Address:
@@ -100,7 +108,9 @@ class ConnectionLoop:
         self.policy = config.policy
         self.hooks = hooks
         self.log = log
-        self.server_addr = _address(sock.getsockname)
+        # Our own address is only needed for a request without Host (server_address):
+        # asked on first use, it costs most connections no getsockname().
+        self._server_addr: Address | _Unknown = _UNKNOWN
         self.client_addr = _address(sock.getpeername)
         # Per connection, not per request: the peer cannot change.
         self.trusted = self.rules.forwarded_allow.allows(self.client_addr)
@@ -111,10 +121,22 @@ class ConnectionLoop:
         # request body left unread): the close then lingers (Transport.finish).
         self.linger = False
 
+    def server_address(self) -> Address:
+        """The socket's own address (``getsockname()``, asked once)."""
+        addr = self._server_addr
+        if isinstance(addr, _Unknown):
+            addr = self._server_addr = _address(self.transport.sock.getsockname)
+        return addr
+
+    @property
+    def server_addr(self) -> Address:
+        """The socket's own address (see :meth:`server_address`)."""
+        return self.server_address()
+
     def run(self, prefix: bytes) -> Closed | Idle:
         """Serve requests until the connection ends or goes back to the master."""
         try:
-            self.transport.sock.settimeout(self.config.io_timeout)
+            self.transport.set_timeout(self.config.io_timeout)
         except OSError as exc:
             self.log.debug("Cannot use client socket: %s", exc)
             return self.close()
@@ -165,12 +187,19 @@ class ConnectionLoop:
             if not self._recv_into_buffer("a PROXY header"):
                 return False
 
-    def _recv_into_buffer(self, what: str) -> bool:
-        """One blocking recv() into the buffer; False if the connection is over."""
+    def _recv_into_buffer(self, what: str, wait: bool = True) -> bool | None:
+        """One recv() into the buffer; False if the connection is over. Unless ``wait``,
+        only what has arrived counts: None if nothing has."""
         if self.eof:
             return False
         try:
-            data = self.transport.recv(RECV_SIZE)
+            if wait:
+                data = self.transport.recv(RECV_SIZE)
+            else:
+                got = self.transport.recv_now(RECV_SIZE)
+                if got is None:
+                    return None
+                data = got
         except TimeoutError:
             self.log.debug("Timed out waiting for %s from %s", what, self.client_addr)
             if self.buf:
@@ -198,7 +227,8 @@ class ConnectionLoop:
         scanned = 0
         while True:
             try:
-                end = find_head_end(self.buf, self.rules, scanned)
+                # (Nothing to look for in an empty buffer: the usual first read.)
+                end = find_head_end(self.buf, self.rules, scanned) if self.buf else -1
                 if end >= 0:
                     head = bytes(self.buf[:end])
                     del self.buf[:end]
@@ -207,9 +237,10 @@ class ConnectionLoop:
                 self._reject(exc)
                 return self.close()
             scanned = len(self.buf)
-            if not blocking and not self.eof and not self.transport.readable_now():
+            got = self._recv_into_buffer("a request", wait=blocking)
+            if got is None:
                 return self._idle()
-            if not self._recv_into_buffer("a request"):
+            if not got:
                 return self.close()
 
     def _reject(self, exc: Rejected) -> None:

@@ -60,18 +60,22 @@ class RequestCycle:
         finally:
             if spooled is not None:
                 spooled.close()
-        self._settle()
+        # Closing anyway: no point reading what is left of the body, or asking whether
+        # others wait.
+        if closes(self.facts, conn.policy, self.after) or not self._settled():
+            return Next.CLOSE
         return decide(self.facts, conn.policy, self.after, served=served,
                       others_waiting=conn.hooks.others_waiting())
 
-    def _settle(self) -> None:
-        """After the response: was the exchange complete, is the connection ready for more?"""
-        if closes(self.facts, self.conn.policy, self.after):
-            return  # closing anyway: no point reading what is left of the body
+    def _settled(self) -> bool:
+        """After the response: was the exchange complete, is the connection ready for more?
+        If not, the exchange is broken."""
         resp = self.response
         if (resp is None or not resp.finished or self.conn.transport.dead
                 or self.reader.error is not None or not self.reader.drain()):
             self.facts.broken = True
+            return False
+        return True
 
     def _respond(self, started: float, spooled: IO[bytes] | None) -> None:
         """Run the application and send its response, then the hooks."""
@@ -85,7 +89,7 @@ class RequestCycle:
         wsgi_errors = conn.hooks.wsgi_errors()
         environ = build_environ(
             request,
-            server=conn.server_addr,
+            server=conn.server_address,
             client=conn.client_addr,
             url_scheme=config.url_scheme,
             script_name=config.script_name,
@@ -117,6 +121,8 @@ class RequestCycle:
     def _report(self, req: RequestInfo, environ: dict[str, Any], resp: Response,
                 started: float) -> None:
         conn = self.conn
+        if not conn.hooks.access_wanted():
+            return
         info = resp.final_info()
         try:
             conn.hooks.post_request(req, environ, info)

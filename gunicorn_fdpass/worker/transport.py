@@ -1,5 +1,13 @@
-"""The client socket as the connection loop uses it: blocking reads and sends, ``sendfile()``,
-"is anything readable now?", and the orderly end of a connection."""
+"""The client socket as the connection loop uses it: blocking reads and sends with a timeout,
+``sendfile()``, "is anything readable now?", and the orderly end of a connection.
+
+A plain (not TLS) socket stays blocking to Python, and every call passes ``MSG_DONTWAIT``:
+the call that can proceed at once (nearly every one: the master hands a connection over once
+its request arrived) costs one system call, and only one that would block waits in
+``poll()`` for the rest of the timeout. Python's own socket timeout would cost an ``ioctl``
+per connection to set and a ``poll()`` before every read and send. A TLS socket keeps
+Python's timeout: the ``ssl`` module takes no flags.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +15,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable
-from typing import IO, Final, ParamSpec, TypeVar, cast
+from typing import IO, Final, cast
 
 from ..errors import FdpassError
 
@@ -23,9 +30,10 @@ _MAX_DISCARD: Final = 256 * 1024
 #: and dropping what comes, so that its close is a FIN and not a reset.
 LINGER_SECONDS: Final = 1.0
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
+# Plain ints: combining socket's IntFlag members costs a Python call each time.
+_DONTWAIT: Final = int(socket.MSG_DONTWAIT)
+_POLLIN: Final = select.POLLIN
+_POLLOUT: Final = select.POLLOUT
 
 class ClientGone(FdpassError):
     """Sending to the client failed: nothing more can be sent on this connection."""
@@ -34,15 +42,54 @@ class ClientGone(FdpassError):
 class Transport:
     """One client socket. The first failed send makes it dead for good."""
 
+    __slots__ = ("dead", "plain", "shut", "sock", "timeout")
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         # sendfile() and the pre-close discard need the raw socket, not a TLS session.
         self.plain = not isinstance(sock, ssl.SSLSocket)
         self.dead = False  # a send failed: the connection can carry nothing more
         self.shut = False  # already shut down
+        self.timeout: float | None = None  # seconds a read or send may wait (None: forever)
+
+    def set_timeout(self, timeout: float | None) -> None:
+        """How long one read, or one whole send, may wait for the client. Raises OSError
+        if the socket is unusable."""
+        self.timeout = timeout
+        if not self.plain:
+            self.sock.settimeout(timeout)
+        elif self.sock.gettimeout() is not None:
+            # A default timeout (socket.setdefaulttimeout) would make Python poll before
+            # each MSG_DONTWAIT call, and wait there: make the object blocking again.
+            self.sock.settimeout(None)
 
     def recv(self, size: int) -> bytes:
-        """One blocking ``recv()``; raises TimeoutError or OSError."""
+        """One read, waiting up to the timeout; raises TimeoutError or OSError."""
+        if not self.plain:
+            return self.sock.recv(size)
+        try:
+            return self.sock.recv(size, _DONTWAIT)
+        except BlockingIOError:
+            pass
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            if not self._wait(_POLLIN, deadline):
+                raise TimeoutError("timed out")
+            try:
+                return self.sock.recv(size, _DONTWAIT)
+            except BlockingIOError:
+                continue
+
+    def recv_now(self, size: int) -> bytes | None:
+        """Read what has arrived without waiting: None if nothing has (b"": EOF). Raises
+        OSError."""
+        if self.plain:
+            try:
+                return self.sock.recv(size, _DONTWAIT)
+            except BlockingIOError:
+                return None
+        if not self.readable_now():
+            return None
         return self.sock.recv(size)
 
     def blocking(self) -> bool:
@@ -51,17 +98,44 @@ class Transport:
 
     def sendall(self, data: bytes) -> None:
         """Send all of ``data``; :class:`ClientGone` if the connection failed, now or before."""
-        self._send(self.sock.sendall, data)
-
-    def sendfile(self, file: IO[bytes], offset: int, count: int) -> int:
-        """Send up to ``count`` bytes of ``file`` from ``offset``; the number sent."""
-        return self._send(self.sock.sendfile, file, offset, count)
-
-    def _send(self, send: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if self.dead:
             raise ClientGone("connection already failed")
         try:
-            return send(*args, **kwargs)
+            if not self.plain:
+                self.sock.sendall(data)
+                return
+            sent = self.sock.send(data, _DONTWAIT)
+            if sent < len(data):
+                self._send_rest(memoryview(data)[sent:])
+        except OSError as exc:
+            self.dead = True
+            raise ClientGone(str(exc) or type(exc).__name__) from exc
+
+    def _send_rest(self, view: memoryview) -> None:
+        """What one send could not take, waiting for room; the timeout bounds the whole
+        rest, as Python's ``sendall`` does."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while view:
+            if not self._wait(_POLLOUT, deadline):
+                raise TimeoutError("timed out")
+            try:
+                view = view[self.sock.send(view, _DONTWAIT):]
+            except BlockingIOError:
+                continue
+
+    def sendfile(self, file: IO[bytes], offset: int, count: int) -> int:
+        """Send up to ``count`` bytes of ``file`` from ``offset``; the number sent."""
+        if self.dead:
+            raise ClientGone("connection already failed")
+        sock = self.sock
+        try:
+            # socket.sendfile() waits with Python's own timeout, so set it for the call.
+            restore = sock.gettimeout()
+            sock.settimeout(self.timeout)
+            try:
+                return sock.sendfile(file, offset, count)
+            finally:
+                sock.settimeout(restore)
         except OSError as exc:
             self.dead = True
             raise ClientGone(str(exc) or type(exc).__name__) from exc
@@ -70,12 +144,18 @@ class Transport:
         """True if a recv() would not block (data, EOF or an error is pending)."""
         if not self.plain and cast(ssl.SSLSocket, self.sock).pending():
             return True
+        return self._wait(_POLLIN, 0.0)
+
+    def _wait(self, events: int, deadline: float | None) -> bool:
+        """Wait until the socket is ready for ``events`` or ``deadline`` (monotonic; None:
+        no end) passes; True if ready (or in error, for the next call to report)."""
+        wait_ms = -1.0 if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
         try:
             poller = select.poll()
-            poller.register(self.sock, select.POLLIN)
-            return bool(poller.poll(0))
+            poller.register(self.sock, events)
+            return bool(poller.poll(wait_ms))
         except (OSError, ValueError):
-            return True  # let recv() report the problem
+            return True  # let the next call report the problem
 
     def abort(self) -> None:
         """Shut down both directions at once: the client sees a truncated response."""
@@ -90,12 +170,13 @@ class Transport:
         it sent EOF) discard a bounded amount of what the client still sends, so that closing
         does not reset the connection under the last response. With ``linger``, wait up to
         that many seconds for the client to stop sending (its EOF); else only drop what is
-        readable now."""
+        readable now (one read, when nothing is)."""
         if self.shut:
             return
         self.shut = True
+        sock = self.sock
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            sock.shutdown(socket.SHUT_WR)
         except OSError:
             return
         if not self.plain or client_done:
@@ -103,22 +184,15 @@ class Transport:
         deadline = time.monotonic() + linger
         total = 0
         try:
-            while total < _MAX_DISCARD and self._readable_by(deadline):
-                data = self.sock.recv(RECV_SIZE)
+            while total < _MAX_DISCARD:
+                try:
+                    data = sock.recv(RECV_SIZE, _DONTWAIT)
+                except BlockingIOError:
+                    if linger <= 0 or not self._wait(_POLLIN, deadline):
+                        return
+                    continue
                 if not data:
                     return
                 total += len(data)
         except OSError:
             return
-
-    def _readable_by(self, deadline: float) -> bool:
-        """True if a recv() would not block now or becomes possible before ``deadline``."""
-        wait = deadline - time.monotonic()
-        if wait <= 0:
-            return self.readable_now()
-        try:
-            poller = select.poll()
-            poller.register(self.sock, select.POLLIN)
-            return bool(poller.poll(wait * 1000))
-        except (OSError, ValueError):
-            return True  # let recv() report the problem

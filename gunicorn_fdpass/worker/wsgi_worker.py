@@ -11,6 +11,7 @@ It implements the
 
 from __future__ import annotations
 
+import logging
 import os
 import selectors
 import socket
@@ -19,7 +20,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any
+from typing import Any, Final
 
 from gunicorn import sock as gunicorn_sock
 from gunicorn.http.wsgi import WSGIErrorsWrapper
@@ -29,9 +30,15 @@ from ..errors import PeerGone
 from ..gunicorn_settings import http_config
 from ..link import messages
 from ..link.channel import socket_from_fd
-from .api import After, Closed, Idle, RequestInfo
+from .api import After, Closed, Idle, RequestInfo, ResponseInfo
 from .connection import serve_connection
 from .linked import LinkedWorker
+
+#: Seconds between looks at the channel while handoffs keep coming (when none does, the
+#: worker waits in select() on the channel too). A graceful stop's Closing is noticed this
+#: late at most: a response in between may still keep its connection alive, and the master,
+#: which watches idle connections until it closes, ends it then.
+_CHANNEL_READ_EVERY: Final = 0.01
 
 
 class Worker(LinkedWorker):
@@ -41,6 +48,14 @@ class Worker(LinkedWorker):
         super().__init__(*args, **kwargs)
         self._nr_lock = threading.Lock()
         self._ssl_context: ssl.SSLContext | None = None
+        self._wsgi_errors: WSGIErrorsWrapper | None = None
+        # Which of Gunicorn's hooks are its defaults: read once in run() (a reload starts
+        # new workers), so that a request does not look them up in cfg.
+        self._pre_request: Any = None
+        self._pre_request_default = False
+        self._post_request: Any = None
+        self._post_request_set = True
+        self._learn_hooks()
 
     def announced_capacity(self) -> int:
         return max(1, int(self.cfg.threads))
@@ -62,6 +77,7 @@ class Worker(LinkedWorker):
         # arbiter's --timeout check, and spares one syscall per request.
         heartbeat_every = min(1.0, (self.timeout or 0.5) / 2)
         next_heartbeat = 0.0
+        next_channel_read = 0.0
         try:
             self.channel.send(messages.Hello(self.capacity, os.getpid()))
             while self.alive:
@@ -90,7 +106,13 @@ class Worker(LinkedWorker):
                     # takes back only what is still unread in the inbox.
                     if pool is None:
                         self._serve(message, received.fd)
-                        self._read_channel()
+                        # Between handoffs (the next one may be waiting already), a look at
+                        # the channel for Closing: at most every few ms, since it mostly
+                        # finds nothing and costs a system call.
+                        now = time.monotonic()
+                        if now >= next_channel_read:
+                            self._read_channel()
+                            next_channel_read = now + _CHANNEL_READ_EVERY
                     else:
                         in_flight.add(pool.submit(self._serve, message, received.fd))
                 in_flight = {f for f in in_flight if not f.done()}
@@ -178,12 +200,45 @@ class Worker(LinkedWorker):
 
     def wsgi_errors(self) -> Any:
         """What Gunicorn's own workers give: the error log's streams, written as the
-        application wrote (no log-line prefix), made anew per request as Gunicorn does (a
-        reopened log file has a new stream)."""
-        return WSGIErrorsWrapper(self.cfg)
+        application wrote (no log-line prefix). Made once, and anew after the log files
+        were reopened (USR1: new streams) or an application closed it."""
+        errors = self._wsgi_errors
+        if errors is None or errors.closed:
+            errors = self._wsgi_errors = WSGIErrorsWrapper(self.cfg)
+        return errors
+
+    def handle_usr1(self, sig: int, frame: Any) -> None:
+        """Gunicorn's USR1: reopen the log files; wsgi.errors then writes to the new ones."""
+        super().handle_usr1(sig, frame)
+        self._wsgi_errors = None
+
+    def _learn_hooks(self) -> None:
+        settings = getattr(self.cfg, "settings", {})
+        self._pre_request = self.cfg.pre_request
+        self._post_request = self.cfg.post_request
+        hook = settings.get("pre_request")
+        self._pre_request_default = hook is not None and self._pre_request is hook.default
+        hook = settings.get("post_request")
+        self._post_request_set = hook is None or self._post_request is not hook.default
 
     def pre_request(self, req: RequestInfo) -> None:
-        self.cfg.pre_request(self, req)
+        if self._pre_request_default and not self._debug_logged():
+            return  # Gunicorn's default hook only writes a debug line
+        self._pre_request(self, req)
+
+    def _debug_logged(self) -> bool:
+        error_log = getattr(self.log, "error_log", None)
+        return not isinstance(error_log, logging.Logger) or error_log.isEnabledFor(
+            logging.DEBUG)
+
+    def access_wanted(self) -> bool:
+        """The access log is on (Gunicorn's logger says so; a logger without the flag is
+        asked every time), or a ``post_request`` hook is set."""
+        return bool(getattr(self.log, "access_log_enabled", True)) or self._post_request_set
+
+    def post_request(self, req: RequestInfo, environ: dict[str, Any],
+                     resp: ResponseInfo) -> None:
+        self._post_request(self, req, environ, resp)
 
 
 

@@ -188,6 +188,36 @@ def test_usr1_reopens_log_files(make_server, tmp_path: Path) -> None:
     assert "GET /pid?after" not in rotated.read_text()
 
 
+@pytest.mark.ours_only
+def test_wsgi_errors_writes_to_the_reopened_error_log_after_usr1(make_server,
+                                                                 tmp_path: Path) -> None:
+    errors = tmp_path / "error.log"
+    # A second error-log handler, a file (the harness reads the first, on stdout): wsgi.errors
+    # writes to both, and USR1 reopens the file (closing its old stream).
+    config = ("import logging\n\n"
+              "def on_starting(server):\n"
+              "    logging.getLogger('gunicorn.error').addHandler(\n"
+              f"        logging.FileHandler({str(errors)!r}))\n")
+    srv: GunicornServer = make_server(workers=1, config=config)
+    assert srv.get("/errors?before-rotation").status == 200
+    assert poll(lambda: "before-rotation" in read_text(errors))
+    rotated = tmp_path / "error.log.1"
+    errors.rename(rotated)
+    srv.signal(signal.SIGUSR1)
+    assert poll(lambda: errors.exists(), 5)  # the master reopened it
+    # The worker handles USR1 too (its own reopen, which closes the old streams): from
+    # then on its writes go to the new file.
+    attempts: list[str] = []
+
+    def written_to_the_new_file() -> bool:
+        attempts.append(f"after-rotation-{len(attempts)}")
+        return (srv.get(f"/errors?{attempts[-1]}").status == 200
+                and attempts[-1] in read_text(errors))
+
+    assert poll(written_to_the_new_file, 10)
+    assert attempts[-1] not in rotated.read_text()
+
+
 def test_kill_9_of_a_worker_under_load_is_replaced_and_loses_at_most_its_request(
         make_server: Callable[..., GunicornServer], ours: bool) -> None:
     srv = make_server(workers=2)

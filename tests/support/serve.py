@@ -69,6 +69,9 @@ class FakeHooks:
     def others_waiting(self) -> bool:
         return self.waiting
 
+    def access_wanted(self) -> bool:
+        return True
+
     def request_started(self) -> After:
         self.started += 1
         if self.close_after is not None and self.started >= self.close_after:
@@ -96,10 +99,16 @@ class FakeHooks:
 
 
 class CountingSocket(socket.socket):
-    """A real socket that records what goes out through sendall()/sendfile()."""
+    """A real socket that records what goes out through send()/sendall()/sendfile() (one
+    entry per call: the worker's Transport sends with send())."""
 
     sends: list[bytes]
     sendfiles: list[int]
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        sent = super().send(data, flags)
+        self.sends.append(bytes(data)[:sent])
+        return sent
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         self.sends.append(bytes(data))

@@ -746,3 +746,39 @@ def test_100_continue_is_the_one_serializers_bytes() -> None:
 
     out = serve(echo_app, client=client)
     assert one(out.raw).body == b"abc"
+
+
+class _SocknameCounting(socket.socket):
+    asked = 0
+
+    def getsockname(self) -> Any:
+        type(self).asked += 1
+        return super().getsockname()
+
+
+@pytest.mark.parametrize(("head", "asked", "server_name"), [
+    (b"GET / HTTP/1.1\r\nHost: example.com:81\r\n\r\n", 0, "example.com"),
+    (b"GET / HTTP/1.0\r\n\r\n", 1, "localhost"),  # a socketpair has no (host, port)
+])
+def test_the_servers_own_address_is_only_asked_for_a_request_without_host(
+    head: bytes, asked: int, server_name: str
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        seen.update(environ)
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    a, b = socket.socketpair()
+    server = _SocknameCounting(a.family, a.type, fileno=a.detach())
+    _SocknameCounting.asked = 0  # creating the socket asked once already (CPython does)
+    b.sendall(head)
+    b.shutdown(socket.SHUT_WR)
+    try:
+        serve_connection(server, b"", app, make_config(), FakeHooks(), FakeLog())
+    finally:
+        server.close()
+        b.close()
+    assert seen["SERVER_NAME"] == server_name
+    assert _SocknameCounting.asked == asked
