@@ -215,6 +215,16 @@ class Response:
         self.committed = self.ended = True
         return message.data
 
+    def start(self, status_code: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        """``start_response`` for a driver that checked the status (100-999), the reason
+        phrase and the header fields itself, with :func:`~gunicorn_fdpass.wsgi.validate_headers`'
+        rules: the ASGI cycle, whose fields arrive as bytes and whose field names repeat."""
+        starter = self.starter
+        if starter.started:
+            raise RuntimeError("the response was started already")
+        starter.status = f"{status_code} {reason}"
+        starter.status_code, starter.reason, starter.headers = status_code, reason, headers
+
     # -- output queue ----------------------------------------------------------------------
 
     def take(self) -> bytes:
