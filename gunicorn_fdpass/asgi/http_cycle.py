@@ -286,7 +286,8 @@ class HttpCycle:
             if not more:
                 self.complete = True
                 self._end_wait()
-            await conn.drain()
+            if conn.write_paused or conn.gone:  # else drain() has nothing to wait for
+                await conn.drain()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} for an HTTP request")
 

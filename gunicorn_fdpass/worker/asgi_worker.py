@@ -308,9 +308,13 @@ class ASGIWorker(LinkedWorker):
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, conn: AsgiConnection, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None
         try:
-            sock.setblocking(False)
+            # Two system calls where the transport's get_extra_info makes three (uvloop).
+            # The loop makes the socket non-blocking itself.
+            conn.client_addr = sock.getpeername()
+            conn.server_addr = sock.getsockname()
             await loop.connect_accepted_socket(lambda: conn, sock, ssl=self._ssl_context)
         except Exception as exc:  # a failed TLS handshake, a socket already reset
             self.log.debug("Cannot start serving a connection: %r", exc)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from gunicorn_fdpass.http.keep_alive import After
 from gunicorn_fdpass.asgi.http_cycle import response_headers
+from gunicorn_fdpass.http.keep_alive import After
 from tests.support.asgi_serve import Client, FakeSide, request, serve_asgi
 
 Scope = dict[str, Any]
