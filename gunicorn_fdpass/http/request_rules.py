@@ -14,6 +14,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Final
 
 from ..errors import FdpassError
@@ -98,7 +99,8 @@ class AddressAllowList:
 
 @dataclass(frozen=True)
 class RequestRules:
-    """Gunicorn's request settings, as this parser applies them."""
+    """Gunicorn's request settings, as this parser applies them. The derived limits below are
+    computed once (cached_property; the settings are frozen): every request head asks them."""
 
     limit_request_line: int = 4094  # 0: unlimited (as in Gunicorn; capped at 8190 otherwise)
     limit_request_fields: int = 100  # <= 0 or > 32768: 32768
@@ -117,7 +119,7 @@ class RequestRules:
         default_factory=lambda: AddressAllowList(["127.0.0.1", "::1"])
     )
 
-    @property
+    @cached_property
     def line_limit(self) -> int:
         """Effective request-line limit (0: none)."""
         limit = self.limit_request_line
@@ -125,23 +127,23 @@ class RequestRules:
             return MAX_REQUEST_LINE
         return limit
 
-    @property
+    @cached_property
     def fields_limit(self) -> int:
         limit = self.limit_request_fields
         return MAX_HEADERS if limit <= 0 or limit > MAX_HEADERS else limit
 
-    @property
+    @cached_property
     def field_size(self) -> int:
         return self.limit_request_field_size if self.limit_request_field_size > 0 else (
             DEFAULT_FIELD_SIZE
         )
 
-    @property
+    @cached_property
     def max_header_block(self) -> int:
         """Bound on the header section (after the request line), as Gunicorn computes it."""
         return self.fields_limit * (self.field_size + 2) + 4
 
-    @property
+    @cached_property
     def max_head(self) -> int:
         """The longest request head these rules can accept: request line, CRLF, header section.
 
