@@ -64,10 +64,11 @@ def is_websocket_request(request: ParsedRequest) -> bool:
     """An HTTP/1.1 GET asking to upgrade to WebSocket (wsproto checks the rest)."""
     if request.method != "GET" or request.version < (1, 1):
         return False
-    if "upgrade" not in connection_tokens(request.headers):
+    # The Upgrade field first: most requests have none, and that is one pass, no set built.
+    if not any(name == "UPGRADE" and "websocket" in value.lower()
+               for name, value in request.headers):
         return False
-    return any(name == "UPGRADE" and "websocket" in value.lower()
-               for name, value in request.headers)
+    return "upgrade" in connection_tokens(request.headers)
 
 
 class AsgiConnection(asyncio.Protocol):
@@ -86,6 +87,10 @@ class AsgiConnection(asyncio.Protocol):
         self.log = log
         self.buf = bytearray(prefix)  # received, not yet part of a request
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        self.loop: asyncio.AbstractEventLoop = cast(asyncio.AbstractEventLoop, None)
+        #: The peer's and our address; the worker sets them from the socket it hands to the
+        #: loop (fewer system calls than the transport's get_extra_info), else
+        #: connection_made asks the transport.
         self.client_addr: Any = None
         self.server_addr: Any = None
         self.trusted = False
@@ -100,7 +105,8 @@ class AsgiConnection(asyncio.Protocol):
         self.websocket: WebSocketSession | None = None
         self.cycle: HttpCycle | None = None
         self._read_paused = False
-        self._write_paused = False
+        #: The transport's buffer is over its limit: wait in :meth:`drain` before writing on.
+        self.write_paused = False
         self._reader: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
         self._waiting: Wait | None = None
@@ -112,8 +118,11 @@ class AsgiConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.client_addr = transport.get_extra_info("peername")
-        self.server_addr = transport.get_extra_info("sockname")
+        # Once per connection: asyncio.get_running_loop() makes a getpid() system call.
+        self.loop = asyncio.get_running_loop()
+        if self.client_addr is None:
+            self.client_addr = transport.get_extra_info("peername")
+            self.server_addr = transport.get_extra_info("sockname")
         self.plain = transport.get_extra_info("sslcontext") is None
         # Per connection, not per request: the peer cannot change.
         self.trusted = self.rules.forwarded_allow.allows(self.client_addr)
@@ -157,11 +166,11 @@ class AsgiConnection(asyncio.Protocol):
         self.side.ended(self)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
         self._write_since = time.monotonic()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         self._wake_drainer()
 
     # -- the connection's task ---------------------------------------------------------------
@@ -233,9 +242,14 @@ class AsgiConnection(asyncio.Protocol):
                 try:
                     end = find_head_end(self.buf, self.rules, scanned)
                     if end >= 0:
-                        head = bytes(self.buf[:end])
-                        del self.buf[:end]
-                        self.resume_if_drained()
+                        if end == len(self.buf):  # the usual case: nothing pipelined
+                            head = bytes(self.buf)
+                            self.buf.clear()
+                        else:
+                            head = bytes(self.buf[:end])
+                            del self.buf[:end]
+                        if self._read_paused:
+                            self.resume_if_drained()
                         request, body = receive_head(head, self.rules, trusted=self.trusted)
                         return head, request, body
                 except Rejected as exc:
@@ -269,7 +283,7 @@ class AsgiConnection(asyncio.Protocol):
             self.transport.resume_reading()
         self._waiting = why
         self._read_since = time.monotonic()
-        self._reader = asyncio.get_running_loop().create_future()
+        self._reader = self.loop.create_future()
         try:
             await self._reader
         finally:
@@ -300,8 +314,8 @@ class AsgiConnection(asyncio.Protocol):
 
     async def drain(self) -> None:
         """Wait while the transport's buffer is over its limit (the client reads slowly)."""
-        if self._write_paused and not self.gone:
-            self._drainer = asyncio.get_running_loop().create_future()
+        if self.write_paused and not self.gone:
+            self._drainer = self.loop.create_future()
             try:
                 await self._drainer
             finally:
@@ -337,7 +351,7 @@ class AsgiConnection(asyncio.Protocol):
         if transport.get_write_buffer_size():
             # The last response must be out before the socket leaves: with a zero limit the
             # transport says so (resume_writing) once its buffer is empty.
-            self._write_paused = True
+            self.write_paused = True
             self._write_since = time.monotonic()
             transport.set_write_buffer_limits(high=0)
             try:
@@ -399,7 +413,7 @@ class AsgiConnection(asyncio.Protocol):
                 else:
                     self.expired = True
                     self._wake_reader()
-        if (self._write_paused and self._drainer is not None
+        if (self.write_paused and self._drainer is not None
                 and now - self._write_since >= (self.http.io_timeout or 10.0)):
             self.log.debug("Client %s stopped reading: closing", self.client_addr)
             self.abort()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,14 +39,16 @@ _DISCONNECT: Final = {"type": "http.disconnect"}
 
 def response_headers(headers: Any) -> list[tuple[str, str]]:
     """ASGI response headers (byte pairs) as the WSGI-style strings
-    :class:`~gunicorn_fdpass.http.response.Response` checks. Hop-by-hop fields other than
-    ``Connection`` are dropped: the server owns the connection and the framing."""
+    :class:`~gunicorn_fdpass.http.response.Response` sends, checked with the rules of
+    :func:`~gunicorn_fdpass.wsgi.validate_headers` (a name is a token, a value has no control
+    character). Hop-by-hop fields other than ``Connection`` are dropped: the server owns the
+    connection and the framing."""
     converted: list[tuple[str, str]] = []
     names = _NAMES
     for item in headers:
         name, value = item
-        if not isinstance(name, bytes) or not isinstance(value, bytes):
-            raise TypeError(f"ASGI header names and values must be bytes, not {item!r}")
+        if type(value) is not bytes or not _VALUE_RE.fullmatch(value):
+            _check_value(name, value)  # raises, but for a clean value of a bytes subclass
         text = names.get(name)
         if text is None:
             text = _name_text(name)
@@ -55,12 +58,20 @@ def response_headers(headers: Any) -> list[tuple[str, str]]:
 
 
 #: Response header names as text ("" for a hop-by-hop field), by name as sent: an
-#: application sends the same few names again and again. Bounded: names can be anything.
+#: application sends the same few names again and again, checked once. Bounded: names can
+#: be anything.
 _NAMES: dict[bytes, str] = {}
 _MAX_NAMES: Final = 512
+_TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: A field value: visible latin-1 characters, space and tab (CR or LF would split the head).
+_VALUE_RE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
-def _name_text(name: bytes) -> str:
+def _name_text(name: object) -> str:
+    if not isinstance(name, bytes):
+        raise TypeError(f"ASGI header names must be bytes, not {name!r}")
+    if not _TOKEN_RE.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}")
     text = name.decode("latin-1")
     if text.lower() in HOP_BY_HOP:
         text = ""
@@ -68,6 +79,14 @@ def _name_text(name: bytes) -> str:
         _NAMES.clear()
     _NAMES[bytes(name)] = text
     return text
+
+
+def _check_value(name: object, value: object) -> None:
+    if not isinstance(value, bytes):
+        raise TypeError(f"ASGI header values must be bytes, not {value!r}")
+    if not _VALUE_RE.fullmatch(value):
+        # The name only: the value may be sensitive (cookies, tokens).
+        raise ValueError(f"invalid value for header {name!r}")
 
 
 def _no_write(data: bytes) -> None:  # pragma: no cover - ASGI has no write() callable
@@ -245,8 +264,9 @@ class HttpCycle:
             status = message["status"]
             if not isinstance(status, int) or isinstance(status, bool):
                 raise TypeError(f"ASGI status must be an int, not {status!r}")
-            resp.starter.start_response(f"{status} {phrase(status)}",
-                                        response_headers(message.get("headers", ())))
+            if not 100 <= status <= 999:
+                raise ValueError(f"invalid ASGI status {status!r}")
+            resp.start(status, phrase(status), response_headers(message.get("headers", ())))
             # A final status before the body was asked for: no 100 Continue any more
             # (RFC 9110 10.1.1); the head, and with it Connection: close, says the rest.
         elif kind == "http.response.body":
@@ -266,7 +286,8 @@ class HttpCycle:
             if not more:
                 self.complete = True
                 self._end_wait()
-            await conn.drain()
+            if conn.write_paused or conn.gone:  # else drain() has nothing to wait for
+                await conn.drain()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} for an HTTP request")
 

@@ -43,6 +43,9 @@ def _client(client: Address, proxy: ProxyInfo | None) -> tuple[str, int | None] 
     return scope_address(client)
 
 
+#: ``http_version`` of the usual versions, spelled once.
+_VERSIONS: Final = {(1, 1): "1.1", (1, 0): "1.0"}
+
 #: Header names as ASGI wants them, by name as parsed: a worker sees the same few names
 #: again and again. Bounded, since the names clients send are not.
 _NAMES: dict[str, bytes] = {}
@@ -69,7 +72,8 @@ def _common(request: ParsedRequest, *, client: Address, server: Address,
     raw_path = request.path.encode("latin-1")
     scope: Scope = {
         "asgi": ASGI_VERSION,
-        "http_version": f"{request.version[0]}.{request.version[1]}",
+        "http_version": (_VERSIONS.get(request.version)
+                         or f"{request.version[0]}.{request.version[1]}"),
         # Percent-decoded, UTF-8 decoded (ASGI); a byte sequence that is not UTF-8 becomes
         # U+FFFD, and raw_path keeps the exact bytes.
         "path": unquote(request.path, errors="replace") if "%" in request.path

@@ -24,6 +24,7 @@ The response is reported as a :class:`ResponseInfo`, which the hooks and the acc
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -58,6 +59,16 @@ class ResponseInfo:
 
 class Abort(FdpassError):
     """The response cannot be completed correctly (already logged): drop the connection."""
+
+
+def _asked() -> bool:
+    """What ``unread_body`` becomes once asked (the head is written only once)."""
+    return True
+
+
+def _committed(response: weakref.ref[Response]) -> bool:
+    this = response()
+    return this is None or this.committed
 
 
 def _chunk(data: bytes) -> list[bytes]:
@@ -101,7 +112,11 @@ class Response:
         self.connect = request.method == "CONNECT"
         self.http11 = request.version >= (1, 1)
         self.uri = request.target
-        self.starter = ResponseStarter(write, lambda: self.committed)
+        # A weak reference: the response and its starter then form no reference cycle, so
+        # that both (and whatever the driver hung on them) are freed as soon as the request
+        # ends rather than by the garbage collector, a cost on every request.
+        this = weakref.ref(self)
+        self.starter = ResponseStarter(write, lambda: _committed(this))
         self.info = ResponseInfo()
         self.committed = False  # status and headers are fixed (queued or sent)
         self.ended = False  # everything is queued
@@ -190,6 +205,7 @@ class Response:
         if self.committed:
             return b""
         self.facts.broken = True  # the connection closes after an error answer
+        self.unread_body = _asked  # never asked now (no cycle left through the driver)
         self._pending.clear()
         self._pending_size = self._pending_body = 0
         message = error_message(status_code, self.server_software, head=self.head)
@@ -198,6 +214,16 @@ class Response:
         )
         self.committed = self.ended = True
         return message.data
+
+    def start(self, status_code: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        """``start_response`` for a driver that checked the status (100-999), the reason
+        phrase and the header fields itself, with :func:`~gunicorn_fdpass.wsgi.validate_headers`'
+        rules: the ASGI cycle, whose fields arrive as bytes and whose field names repeat."""
+        starter = self.starter
+        if starter.started:
+            raise RuntimeError("the response was started already")
+        starter.status = f"{status_code} {reason}"
+        starter.status_code, starter.reason, starter.headers = status_code, reason, headers
 
     # -- output queue ----------------------------------------------------------------------
 
@@ -283,7 +309,10 @@ class Response:
             defaults.append(("Date", http_date()))
         headers = defaults + headers
 
-        facts.unread_body = self.unread_body()
+        # Asked once; dropping it afterwards breaks the cycle through the driver that owns
+        # this response and the callable (see __init__).
+        unread_body, self.unread_body = self.unread_body, _asked
+        facts.unread_body = unread_body()
         # The framing (RFC 9112 6.3), decided here and nowhere else: no body at all for HEAD,
         # 204, 304 and a 2xx to CONNECT (a tunnel starts); else the application's
         # Content-Length; else chunked for an HTTP/1.1 client, and the end of the connection

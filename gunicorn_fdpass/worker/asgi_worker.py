@@ -85,6 +85,9 @@ class ASGIWorker(LinkedWorker):
         self._next_notify = 0.0
         self._post_request_set = False
         self._pre_request_default = False
+        #: Done messages of connections that ended in this turn of the loop, sent together at
+        #: its end (see ended()).
+        self._done: list[int] = []
 
     def announced_capacity(self) -> int:
         return max(1, int(self.cfg.worker_connections))
@@ -189,6 +192,7 @@ class ASGIWorker(LinkedWorker):
             self._empty = loop.create_future()
             await self._empty
         self._empty = None
+        self._send_done()
         if self._master_gone:
             self._master_hung_up()
 
@@ -216,6 +220,16 @@ class ASGIWorker(LinkedWorker):
                 for conn in list(self.connections):
                     conn.abort()
         loop.call_later(TICK, self._tick)
+
+    def _send_done(self) -> None:
+        done, self._done = self._done, []
+        for conn_id in done:
+            if self._master_gone:
+                return
+            try:
+                self.channel.send(messages.Done(conn_id))
+            except PeerGone:
+                self._master_gone = True
 
     def _cleanup(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -308,9 +322,13 @@ class ASGIWorker(LinkedWorker):
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, conn: AsgiConnection, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None
         try:
-            sock.setblocking(False)
+            # Two system calls where the transport's get_extra_info makes three (uvloop).
+            # The loop makes the socket non-blocking itself.
+            conn.client_addr = sock.getpeername()
+            conn.server_addr = sock.getsockname()
             await loop.connect_accepted_socket(lambda: conn, sock, ssl=self._ssl_context)
         except Exception as exc:  # a failed TLS handshake, a socket already reset
             self.log.debug("Cannot start serving a connection: %r", exc)
@@ -364,10 +382,14 @@ class ASGIWorker(LinkedWorker):
             return
         self.connections.discard(conn)
         if not conn.handed_back and not self._master_gone:
-            try:
-                self.channel.send(messages.Done(conn.conn_id))
-            except PeerGone:
-                self._master_gone = True
+            # Sent at the end of this turn of the loop, with the Done of every other
+            # connection that ends in it: the first message wakes the master, the others find
+            # it awake (a wake-up costs the sender more than the message). The master learns
+            # of the free slot a few microseconds later, no later than our next handoff read.
+            self._done.append(conn.conn_id)
+            if len(self._done) == 1:
+                assert self.loop is not None
+                self.loop.call_soon(self._send_done)
         if self.alive:
             self._watch_inbox()
         elif not self.connections and self._empty is not None and not self._empty.done():

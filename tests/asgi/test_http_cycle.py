@@ -4,11 +4,13 @@ asgi_serve.py), plain ASGI apps, every reply read back by an h11 client."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import Any
 
 import pytest
 
+from gunicorn_fdpass.asgi.http_cycle import response_headers
 from gunicorn_fdpass.http.keep_alive import After
 from tests.support.asgi_serve import Client, FakeSide, request, serve_asgi
 
@@ -308,6 +310,50 @@ def test_hop_by_hop_fields_of_the_app_are_dropped_and_bad_headers_are_a_500() ->
     run(serve_asgi(app, client))
 
 
+@pytest.mark.parametrize(("headers", "error"), [
+    ([(b"bad name", b"1")], ValueError),
+    ([(b"", b"1")], ValueError),
+    ([(b"x-a", b"1\r\nInjected: 1")], ValueError),
+    ([(b"x-a", b"\x00")], ValueError),
+    ([("x-a", b"1")], TypeError),
+    ([(b"x-a", "1")], TypeError),
+    ([(b"x-a", bytearray(b"1"))], TypeError),
+    ([(b"x-a", b"1", b"2")], ValueError),
+])
+def test_response_headers_refuses_what_validate_headers_refuses(
+        headers: list[Any], error: type[Exception]) -> None:
+    for _ in range(2):  # the second time, a valid name comes from the cache
+        with pytest.raises(error):
+            response_headers([(b"x-ok", b"1"), *headers])
+
+
+def test_response_headers_converts_and_drops_hop_by_hop_fields() -> None:
+    class Raw(bytes):
+        pass
+
+    for _ in range(2):
+        assert response_headers([
+            (b"Content-Type", b"text/plain; q=\t\xe9"), (b"TE", b"x"), (b"upgrade", b"y"),
+            (b"connection", b"close"), (Raw(b"x-sub"), Raw(b"v")), (b"x-empty", b""),
+        ]) == [("Content-Type", "text/plain; q=\t\xe9"), ("connection", "close"),
+               ("x-sub", "v"), ("x-empty", "")]
+
+
+@pytest.mark.parametrize("status", [99, 1000, -200, True, "200", 200.0])
+def test_a_status_that_is_not_three_digits_is_a_500(status: Any) -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def client(c: Client) -> None:
+        await c.send(request("/"))
+        assert (await c.response()).status == 500
+        await c.read_to_eof()
+
+    served = run(serve_asgi(app, client))
+    assert served.log.at("exception")
+
+
 @pytest.mark.parametrize("size", [0, 1000, 300_000])
 def test_unread_body_is_drained_when_small_and_closes_the_connection_when_large(
         size: int) -> None:
@@ -347,3 +393,24 @@ def test_scope_state_is_a_copy_of_the_lifespan_state_per_request() -> None:
     run(serve_asgi(app, client, side=side))
     assert [s["db"] for s in seen] == ["pool"] * 3
     assert seen[0] is not seen[1] and side.state == {"db": "pool"}
+
+
+def test_served_requests_leave_no_reference_cycles() -> None:
+    # Objects in a cycle wait for the garbage collector, whose passes cost every request of
+    # a busy worker: a request's objects must be freed as soon as it ends.
+    async def client(c: Client) -> None:
+        await c.send(request("/warm"))
+        await c.response()
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(3):
+                await c.send(request("/json"))
+                assert (await c.response()).status == 200
+                await c.send(request("/up", method="POST", body=b"x" * 100))
+                assert (await c.response("POST")).status == 200
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+
+    run(serve_asgi(hello, client))

@@ -100,3 +100,9 @@ def test_folded_framing_field_is_read_as_gunicorn_joins_it() -> None:
 def test_a_folded_field_counts_its_continuation_lines_toward_the_size_limit() -> None:
     head = b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"a" * 10 + b"\r\n " + b"b" * 10 + b"\r\n\r\n"
     assert refused(head, permit_obsolete_folding=True, limit_request_field_size=20) == 431
+
+
+@pytest.mark.parametrize("target", [b"/a\x7fb", b"/caf\xc3\xa9", b"/a\x01", b"/a\tb", b"/\x80"])
+def test_a_target_that_is_not_printable_ascii_is_a_400(target: bytes) -> None:
+    # h11's request-target rule (VCHAR+) refuses it: parse_head does not scan it again.
+    assert refused(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n") == 400

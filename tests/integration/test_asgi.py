@@ -120,6 +120,9 @@ def test_scope_fields_root_path_forwarded_proto_and_access_log(
     assert scope["scheme"] == "https" and scope["root_path"] == "/mount"  # type: ignore[index]
     assert scope["path"] == "/scope" and scope["query_string"] == "q=1"  # type: ignore[index]
     assert scope["client"][0] == "127.0.0.1" and scope["http_version"] == "1.1"  # type: ignore[index]
+    # Both addresses come from the handed-over socket (the worker asks it, not the transport).
+    assert scope["server"] == ["127.0.0.1", srv.port]  # type: ignore[index]
+    assert isinstance(scope["client"][1], int)  # type: ignore[index]
     assert poll(lambda: access.exists() and '"GET /scope?q=1 HTTP/1.1" 200' in access.read_text())
 
 
