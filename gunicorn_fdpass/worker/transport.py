@@ -35,6 +35,7 @@ _DONTWAIT: Final = int(socket.MSG_DONTWAIT)
 _POLLIN: Final = select.POLLIN
 _POLLOUT: Final = select.POLLOUT
 
+
 class ClientGone(FdpassError):
     """Sending to the client failed: nothing more can be sent on this connection."""
 
