@@ -357,6 +357,9 @@ class ASGIWorker(LinkedWorker):
     def access_wanted(self) -> bool:
         return bool(self.log.access_log_enabled) or self._post_request_set
 
+    def pre_request_wanted(self) -> bool:
+        return not self._pre_request_default or self._debug_logged()
+
     def pre_request(self, req: RequestInfo) -> None:
         if self._pre_request_default and not self._debug_logged():
             return  # Gunicorn's default hook only writes a debug line
