@@ -50,6 +50,15 @@ _FRAMING_FIELD_RE: Final = re.compile(
     rb"\r\n(content-length|transfer-encoding)[ \t]*:([^\r]*(?:\r\n[ \t][^\r]*)*)",
     re.IGNORECASE,
 )
+# A header section every raw check passes (one C-level pass instead of five): lines that
+# start with a visible character (no obs-fold), hold only visible characters, SP, HTAB and
+# obs-text (no control character, no bare CR or LF), each ending with CRLF.
+_CLEAN_BLOCK_RE: Final = re.compile(rb"(?:[!-~\x80-\xff][\t\x20-\x7e\x80-\xff]*\r\n)*")
+# The request line's common methods and versions: conventional, already upper case, so
+# Gunicorn's method rule and casefolding leave them as they are.
+_METHODS: Final = {m.encode(): m for m in (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")}
+_VERSIONS: Final = {b"1.1": (1, 1), b"1.0": (1, 0)}
 _SPACE_BEFORE_COLON_RE: Final = re.compile(rb"(\r\n" + TOKEN + rb")[ \t]+:")
 _KNOWN_CODINGS: Final = ("identity", "compress", "deflate", "gzip")
 
@@ -116,6 +125,18 @@ def parse_head(
 
 def _check_raw_block(block: bytes, rules: RequestRules) -> None:
     """Checks on the header section's raw bytes (each line with its CRLF, no blank line)."""
+    if _CLEAN_BLOCK_RE.fullmatch(block):
+        if len(block) > rules.field_size and (
+            max(map(len, block.split(b"\r\n"))) + 2 > rules.field_size
+        ):
+            raise Rejected(431, "header field too large")
+        return
+    _check_raw_block_closely(block, rules)
+
+
+def _check_raw_block_closely(block: bytes, rules: RequestRules) -> None:
+    """The checks of :func:`_check_raw_block` one by one, each with its own answer (a block
+    that is not plainly clean, or folded lines that Gunicorn's settings permit)."""
     if _CONTROL_RE.search(block):
         raise Rejected(400, "invalid character in the header section")
     crlf = block.count(b"\r\n")
@@ -198,12 +219,15 @@ def _request_line(
 ) -> ParsedRequest:
     """Gunicorn's rules for the request line h11 parsed (method and target are tokens and
     visible ASCII, the version ``N.N``: h11 checked that much)."""
-    if not rules.permit_unconventional_http_method and (
-        _METHOD_BADCHAR_RE.search(method) or not 3 <= len(method) <= 20
-    ):
-        raise Rejected(400, "invalid method")
-    if rules.casefold_http_method:
-        method = method.upper()
+    name = _METHODS.get(method)
+    if name is None:
+        if not rules.permit_unconventional_http_method and (
+            _METHOD_BADCHAR_RE.search(method) or not 3 <= len(method) <= 20
+        ):
+            raise Rejected(400, "invalid method")
+        if rules.casefold_http_method:
+            method = method.upper()
+        name = method.decode("latin-1")
     # The target is already printable ASCII: h11's request-target rule is VCHAR+ (RFC 9112
     # 3.2 / RFC 3986 2), the same as Gunicorn's, so it is not scanned a second time here.
     if target == b"*":
@@ -225,13 +249,17 @@ def _request_line(
         path, query, fragment = b"", b"", b""
     else:
         raise Rejected(400, "authority-form is only for CONNECT")
-    ver = (version[0] - 48, version[2] - 48)
-    if not (1, 0) <= ver < (2, 0) and not rules.permit_unconventional_http_version:
-        raise Rejected(400, "unsupported HTTP version")
+    ver = _VERSIONS.get(version)
+    if ver is None:
+        ver = (version[0] - 48, version[2] - 48)
+        if not (1, 0) <= ver < (2, 0) and not rules.permit_unconventional_http_version:
+            raise Rejected(400, "unsupported HTTP version")
+    text = target.decode("latin-1")
     return ParsedRequest(
-        method=method.decode("latin-1"),
-        target=target.decode("latin-1"),
-        path=path.decode("latin-1"),
+        method=name,
+        target=text,
+        # partition() hands back the target itself when it has no query or fragment.
+        path=text if path is target else path.decode("latin-1"),
         query=query.decode("latin-1"),
         fragment=fragment.decode("latin-1"),
         version=ver,
