@@ -90,7 +90,8 @@ class AsgiConnection(asyncio.Protocol):
     """One client connection, from the handoff to its end (closed or handed back)."""
 
     def __init__(self, conn_id: int, family: int, prefix: bytes, app: ASGIApp,
-                 config: AsgiConfig, side: WorkerSide, log: Any) -> None:
+                 config: AsgiConfig, side: WorkerSide, log: Any,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.conn_id = conn_id
         self.family = family
         self.app = app
@@ -102,7 +103,8 @@ class AsgiConnection(asyncio.Protocol):
         self.log = log
         self.buf = bytearray(prefix)  # received, not yet part of a request
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
-        self.loop: asyncio.AbstractEventLoop = cast(asyncio.AbstractEventLoop, None)
+        #: The worker's loop (else the running one, found in connection_made).
+        self.loop: asyncio.AbstractEventLoop = cast(asyncio.AbstractEventLoop, loop)
         #: The peer's and our address; the worker sets them from the socket it hands to the
         #: loop (fewer system calls than the transport's get_extra_info), else
         #: connection_made asks the transport.
@@ -136,8 +138,10 @@ class AsgiConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        # Once per connection: asyncio.get_running_loop() makes a getpid() system call.
-        self.loop = asyncio.get_running_loop()
+        if self.loop is None:
+            # asyncio.get_running_loop() makes a getpid() system call: the worker passes
+            # its loop instead.
+            self.loop = asyncio.get_running_loop()
         if self.client_addr is None:
             self.client_addr = transport.get_extra_info("peername")
             self.server_addr = transport.get_extra_info("sockname")

@@ -315,7 +315,7 @@ class ASGIWorker(LinkedWorker):
         assert self.loop is not None
         sock = socket_from_fd(fd, handoff.family)
         conn = AsgiConnection(handoff.conn_id, handoff.family, handoff.prefix, self.wsgi,
-                              self.config, self, self.log)
+                              self.config, self, self.log, self.loop)
         self.connections.add(conn)
         task = self.loop.create_task(self._serve(conn, sock))
         self._tasks.add(task)  # the loop keeps only weak references to its tasks

@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import socket
 from typing import Any
 
 import pytest
 
+from gunicorn_fdpass.asgi.config import AsgiConfig
+from gunicorn_fdpass.asgi.connection import AsgiConnection
 from gunicorn_fdpass.asgi.http_cycle import response_headers
 from gunicorn_fdpass.http.keep_alive import After
 from gunicorn_fdpass.http.request_rules import AddressAllowList
 from tests.support.asgi_serve import Client, FakeSide, request, serve_asgi
+from tests.support.serve import FakeLog, make_config
 
 Scope = dict[str, Any]
 
@@ -453,3 +457,24 @@ def test_scope_client_is_the_proxy_headers_on_every_request_of_the_connection() 
     run(serve_asgi(app, client, prefix=b"PROXY TCP4 203.0.113.9 10.0.0.2 4242 80\r\n",
                    proxy_protocol="v1", proxy_allow=AddressAllowList(["*"])))
     assert clients == [(("203.0.113.9", 4242), None)] * 2
+
+
+def test_a_connection_given_the_workers_loop_does_not_look_it_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio.get_running_loop() costs a getpid() system call per connection."""
+    class Transport(asyncio.Transport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return {"peername": ("10.0.0.1", 1), "sockname": ("10.0.0.2", 2)}.get(name)
+
+    def looked_up() -> asyncio.AbstractEventLoop:
+        raise AssertionError("the loop was looked up")
+
+    loop = asyncio.new_event_loop()
+    try:
+        conn = AsgiConnection(1, socket.AF_INET, b"", hello,
+                              AsgiConfig(http=make_config()), FakeSide(), FakeLog(), loop)
+        monkeypatch.setattr(asyncio, "get_running_loop", looked_up)
+        conn.connection_made(Transport())
+        assert conn.loop is loop and conn.client_addr == ("10.0.0.1", 1)
+    finally:
+        loop.close()
