@@ -38,6 +38,10 @@ class WorkerSide(Protocol):
         """True if the access log or a ``post_request`` hook will read an environ."""
         ...
 
+    def pre_request_wanted(self) -> bool:
+        """True if :meth:`pre_request` would do anything (else no request info is made)."""
+        ...
+
     def pre_request(self, req: RequestInfo) -> None: ...
 
     def post_request(self, req: RequestInfo, environ: dict[str, Any],

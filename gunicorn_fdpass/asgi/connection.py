@@ -32,6 +32,7 @@ from ..link.messages import MAX_PAYLOAD
 from .api import WorkerSide
 from .config import AsgiConfig
 from .http_cycle import HttpCycle
+from .scope import Peers, peers
 from .types import ASGIApp, ClientDisconnected
 
 if TYPE_CHECKING:
@@ -62,20 +63,35 @@ class Wait(Enum):
 
 def is_websocket_request(request: ParsedRequest) -> bool:
     """An HTTP/1.1 GET asking to upgrade to WebSocket (wsproto checks the rest)."""
-    if request.method != "GET" or request.version < (1, 1):
-        return False
-    # The Upgrade field first: most requests have none, and that is one pass, no set built.
-    if not any(name == "UPGRADE" and "websocket" in value.lower()
-               for name, value in request.headers):
-        return False
-    return "upgrade" in connection_tokens(request.headers)
+    return _fields(request)[1]
+
+
+#: The Connection options of a request without that field (only ever read).
+_NO_TOKENS: Final[set[str]] = set()
+
+
+def _fields(request: ParsedRequest) -> tuple[set[str], bool]:
+    """The request's ``Connection`` options (lower case) and whether it asks to upgrade to
+    WebSocket (:func:`is_websocket_request`), from one pass over its fields: most requests
+    have neither field."""
+    connection = upgrade = False
+    for name, value in request.headers:
+        if name == "CONNECTION":
+            connection = True
+        elif name == "UPGRADE" and "websocket" in value.lower():
+            upgrade = True
+    tokens = connection_tokens(request.headers) if connection else _NO_TOKENS
+    websocket = (upgrade and "upgrade" in tokens and request.method == "GET"
+                 and request.version >= (1, 1))
+    return tokens, websocket
 
 
 class AsgiConnection(asyncio.Protocol):
     """One client connection, from the handoff to its end (closed or handed back)."""
 
     def __init__(self, conn_id: int, family: int, prefix: bytes, app: ASGIApp,
-                 config: AsgiConfig, side: WorkerSide, log: Any) -> None:
+                 config: AsgiConfig, side: WorkerSide, log: Any,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.conn_id = conn_id
         self.family = family
         self.app = app
@@ -87,7 +103,8 @@ class AsgiConnection(asyncio.Protocol):
         self.log = log
         self.buf = bytearray(prefix)  # received, not yet part of a request
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
-        self.loop: asyncio.AbstractEventLoop = cast(asyncio.AbstractEventLoop, None)
+        #: The worker's loop (else the running one, found in connection_made).
+        self.loop: asyncio.AbstractEventLoop = cast(asyncio.AbstractEventLoop, loop)
         #: The peer's and our address; the worker sets them from the socket it hands to the
         #: loop (fewer system calls than the transport's get_extra_info), else
         #: connection_made asks the transport.
@@ -96,6 +113,9 @@ class AsgiConnection(asyncio.Protocol):
         self.trusted = False
         self.plain = True  # no TLS: the connection may go back to the master
         self.proxy: ProxyInfo | None = None
+        #: ``client`` and ``server`` of this connection's scopes (once the PROXY header, if
+        #: any, was read).
+        self.peers = Peers(None, None)
         self.served = 0
         self.eof = False  # the client shut its sending side
         self.gone = False  # the transport is closed (connection_lost)
@@ -118,8 +138,10 @@ class AsgiConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        # Once per connection: asyncio.get_running_loop() makes a getpid() system call.
-        self.loop = asyncio.get_running_loop()
+        if self.loop is None:
+            # asyncio.get_running_loop() makes a getpid() system call: the worker passes
+            # its loop instead.
+            self.loop = asyncio.get_running_loop()
         if self.client_addr is None:
             self.client_addr = transport.get_extra_info("peername")
             self.server_addr = transport.get_extra_info("sockname")
@@ -180,16 +202,18 @@ class AsgiConnection(asyncio.Protocol):
         try:
             if self.http.proxy_protocol != "off" and not await self._read_proxy_header():
                 return
+            self.peers = peers(self.client_addr, self.server_addr, self.proxy)
             while not self.closing and not self.gone:
                 got = await self._next_request()
                 if got is None:
                     return
                 head, request, body = got
                 self.served += 1
-                if is_websocket_request(request):
+                tokens, websocket = _fields(request)
+                if websocket:
                     await self._websocket(head, request)
                     return
-                self.cycle = HttpCycle(self, request, body)
+                self.cycle = HttpCycle(self, request, body, tokens)
                 fate = await self.cycle.run()
                 self.cycle = None
                 if fate is Next.CLOSE:

@@ -24,7 +24,7 @@ from ..worker.api import RequestInfo, request_info
 from ..worker.body_reader import MAX_DRAIN
 from ..wsgi import HOP_BY_HOP
 from .phrases import phrase
-from .scope import access_environ, http_scope
+from .scope import access_environ, request_http_scope
 from .types import ClientDisconnected, Message
 
 if TYPE_CHECKING:
@@ -96,12 +96,14 @@ def _no_write(data: bytes) -> None:  # pragma: no cover - ASGI has no write() ca
 class HttpCycle:
     """One request and its response on an :class:`~.connection.AsgiConnection`."""
 
-    def __init__(self, conn: AsgiConnection, request: ParsedRequest, body: RequestBody) -> None:
+    def __init__(self, conn: AsgiConnection, request: ParsedRequest, body: RequestBody,
+                 tokens: set[str] | None = None) -> None:
         self.conn = conn
         self.request = request
         self.body = body
-        self.facts = request_facts(request.version, connection_tokens(request.headers),
-                                   request.must_close)
+        if tokens is None:  # else the connection found them already
+            tokens = connection_tokens(request.headers)
+        self.facts = request_facts(request.version, tokens, request.must_close)
         self.after = After.CONTINUE
         self.response: Response | None = None
         self.complete = False  # the response was sent to its end (or the error instead)
@@ -116,9 +118,10 @@ class HttpCycle:
     async def run(self) -> Next:
         """Run the application and answer; say what happens to the connection next."""
         conn = self.conn
+        side = conn.side
         started = time.monotonic()
         try:
-            self.after = conn.side.request_started()
+            self.after = side.request_started()
         except Exception:
             conn.log.exception("Error in request_started hook")
             self.after = After.CLOSE
@@ -127,23 +130,34 @@ class HttpCycle:
             server_software=conn.http.server_software, log=conn.log,
             unread_body=self._forbids_reuse, write=_no_write,
         )
-        req = request_info(self.request, conn.http.url_scheme, conn.client_addr)
-        scope = http_scope(self.request, client=conn.client_addr, server=conn.server_addr,
-                           proxy=conn.proxy, url_scheme=conn.http.url_scheme,
-                           root_path=conn.config.root_path, state=conn.side.state)
+        scope = request_http_scope(self.request, conn.peers, url_scheme=conn.http.url_scheme,
+                                   root_path=conn.config.root_path, state=side.state)
+        # What the hooks see of the request, made only for a hook that will look at it.
+        req: RequestInfo | None = None
         try:
-            conn.side.pre_request(req)
+            if side.pre_request_wanted():
+                req = self._request_info()
+                side.pre_request(req)
             await conn.app(scope, self.receive, self.send)
             self._after_app()
         except Abort:
             self._abort()
         except Exception as exc:
             self._app_failed(exc)
-        self._report(req, resp, started)
+        if side.access_wanted():
+            self._report(req or self._request_info(), resp, started)
         if not closes(self.facts, conn.policy, self.after):
-            await self._settle()
+            if self.body.done and self.complete and not (self.failed or conn.gone
+                                                         or conn.closing):
+                self._take_trailing()  # the usual case, without a coroutine for _settle
+            else:
+                await self._settle()
         return decide(self.facts, conn.policy, self.after, served=conn.served,
-                      others_waiting=conn.side.others_waiting())
+                      others_waiting=side.others_waiting())
+
+    def _request_info(self) -> RequestInfo:
+        conn = self.conn
+        return request_info(self.request, conn.http.url_scheme, conn.client_addr)
 
     # -- receive -----------------------------------------------------------------------------
 
@@ -364,10 +378,9 @@ class HttpCycle:
         self.conn.abort()
 
     def _report(self, req: RequestInfo, resp: Response, started: float) -> None:
+        """The ``post_request`` hook and the access log (when wanted: see run)."""
         conn = self.conn
         side = conn.side
-        if not side.access_wanted():
-            return
         info = resp.final_info()
         environ = access_environ(self.request, client=conn.client_addr,
                                  server=conn.server_addr, proxy=conn.proxy,
@@ -403,8 +416,12 @@ class HttpCycle:
                 conn.log.debug("Large unread request body from %s: closing", conn.client_addr)
                 self.facts.broken = True
                 return
+        self._take_trailing()
+
+    def _take_trailing(self) -> None:
+        """The body was read to its end: what h11 read past it is the next request's start."""
         trailing = self.body.trailing()
         if trailing is None:
             self.facts.broken = True
         elif trailing:
-            conn.buf[:0] = trailing
+            self.conn.buf[:0] = trailing

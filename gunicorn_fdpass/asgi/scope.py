@@ -9,7 +9,7 @@ frameworks (Starlette, Django) strip ``root_path`` from ``path`` when it starts 
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import unquote
 
 from ..http.proxy_protocol import ProxyInfo
@@ -17,7 +17,16 @@ from ..http.request_rules import ParsedRequest
 from ..wsgi import Address, build_environ
 from .types import Scope
 
-__all__ = ["ASGI_VERSION", "access_environ", "http_scope", "scope_address", "websocket_scope"]
+__all__ = [
+    "ASGI_VERSION",
+    "Peers",
+    "access_environ",
+    "http_scope",
+    "peers",
+    "request_http_scope",
+    "scope_address",
+    "websocket_scope",
+]
 
 #: ASGI 3.0; the HTTP and WebSocket specs at 2.4, where ``send()`` on a closed connection
 #: raises an ``OSError`` (frameworks then stop streaming instead of listening for
@@ -67,24 +76,36 @@ def _headers(request: ParsedRequest) -> list[tuple[bytes, bytes]]:
             for name, value in request.headers]
 
 
-def _common(request: ParsedRequest, *, client: Address, server: Address,
-            proxy: ProxyInfo | None, root_path: str, state: dict[str, Any] | None) -> Scope:
-    raw_path = request.path.encode("latin-1")
+class Peers(NamedTuple):
+    """A connection's ``client`` and ``server`` as ASGI gives them: the same for every request
+    on the connection, so converted once per connection (:func:`peers`)."""
+
+    client: tuple[str, int | None] | None
+    server: tuple[str, int | None] | None
+
+
+def peers(client: Address, server: Address, proxy: ProxyInfo | None) -> Peers:
+    """The scope's ``client`` (a PROXY header's client first) and ``server``."""
+    return Peers(_client(client, proxy), scope_address(server))
+
+
+def _common(request: ParsedRequest, ends: Peers, root_path: str,
+            state: dict[str, Any] | None) -> Scope:
+    path = request.path
+    version = request.version
     scope: Scope = {
         "asgi": ASGI_VERSION,
-        "http_version": (_VERSIONS.get(request.version)
-                         or f"{request.version[0]}.{request.version[1]}"),
+        "http_version": _VERSIONS.get(version) or f"{version[0]}.{version[1]}",
         # Percent-decoded, UTF-8 decoded (ASGI); a byte sequence that is not UTF-8 becomes
         # U+FFFD, and raw_path keeps the exact bytes.
-        "path": unquote(request.path, errors="replace") if "%" in request.path
-        else request.path,
-        "raw_path": raw_path,
+        "path": unquote(path, errors="replace") if "%" in path else path,
+        "raw_path": path.encode("latin-1"),
         "query_string": request.query.encode("latin-1"),
         "root_path": (request.script_name if request.script_name is not None
                       else root_path).rstrip("/"),
         "headers": _headers(request),
-        "client": _client(client, proxy),
-        "server": scope_address(server),
+        "client": ends.client,
+        "server": ends.server,
     }
     if state is not None:
         # A shallow copy per request (lifespan spec): one request's keys never reach another.
@@ -96,11 +117,35 @@ def http_scope(request: ParsedRequest, *, client: Address, server: Address,
                proxy: ProxyInfo | None, url_scheme: str, root_path: str,
                state: dict[str, Any] | None) -> Scope:
     """The ``http`` scope of ``request``; ``url_scheme`` unless a trusted proxy said."""
-    scope = _common(request, client=client, server=server, proxy=proxy, root_path=root_path,
-                    state=state)
-    scope["type"] = "http"
-    scope["method"] = request.method
-    scope["scheme"] = request.scheme or url_scheme
+    return request_http_scope(request, peers(client, server, proxy), url_scheme=url_scheme,
+                              root_path=root_path, state=state)
+
+
+def request_http_scope(request: ParsedRequest, ends: Peers, *, url_scheme: str,
+                       root_path: str, state: dict[str, Any] | None) -> Scope:
+    """:func:`http_scope` with the connection's :class:`Peers` already converted (what the
+    worker calls for every request)."""
+    path = request.path
+    version = request.version
+    # One literal with every key (the same values as _common's): a dict grown key by key
+    # past its first size is resized, on every request.
+    scope: Scope = {
+        "type": "http",
+        "asgi": ASGI_VERSION,
+        "http_version": _VERSIONS.get(version) or f"{version[0]}.{version[1]}",
+        "method": request.method,
+        "scheme": request.scheme or url_scheme,
+        "path": unquote(path, errors="replace") if "%" in path else path,
+        "raw_path": path.encode("latin-1"),
+        "query_string": request.query.encode("latin-1"),
+        "root_path": (request.script_name if request.script_name is not None
+                      else root_path).rstrip("/"),
+        "headers": _headers(request),
+        "client": ends.client,
+        "server": ends.server,
+    }
+    if state is not None:
+        scope["state"] = state.copy()  # see _common
     return scope
 
 
@@ -108,8 +153,7 @@ def websocket_scope(request: ParsedRequest, *, client: Address, server: Address,
                     proxy: ProxyInfo | None, url_scheme: str, root_path: str,
                     state: dict[str, Any] | None) -> Scope:
     """The ``websocket`` scope of an upgrade request (scheme ``ws`` or ``wss``)."""
-    scope = _common(request, client=client, server=server, proxy=proxy, root_path=root_path,
-                    state=state)
+    scope = _common(request, peers(client, server, proxy), root_path, state)
     scope["type"] = "websocket"
     scope["scheme"] = "wss" if (request.scheme or url_scheme) == "https" else "ws"
     protocols = [

@@ -54,7 +54,11 @@ class RequestBody:
     :meth:`receive`, at most :meth:`wants` of them.
     """
 
-    def __init__(self, conn: h11.Connection, request: ParsedRequest, rules: RequestRules) -> None:
+    def __init__(
+        self, conn: h11.Connection | None, request: ParsedRequest, rules: RequestRules
+    ) -> None:
+        #: The h11 connection that parsed the head and frames the body; None for an empty
+        #: body, which needs no h11 (see request_head._h11_event).
         self.conn = conn
         self.chunked = request.chunked
         self.length = None if request.chunked else (request.content_length or 0)
@@ -82,6 +86,7 @@ class RequestBody:
         """Give h11 the next bytes of the connection (never empty, never more than wants())."""
         if not self.chunked:
             self._unfed -= len(data)
+        assert self.conn is not None  # a body to read came with its h11 connection
         self.conn.receive_data(data)
 
     def next_data(self) -> bytes | None:
@@ -92,6 +97,7 @@ class RequestBody:
         if self.done:
             return b""
         conn = self.conn
+        assert conn is not None  # a body to read came with its h11 connection
         check = self._check
         while True:
             at_boundary = check is not None and check.at_boundary
@@ -131,10 +137,12 @@ class RequestBody:
         next request), or None if h11 does not hold the request complete (then the connection
         cannot carry another one)."""
         if self._ended_without_h11:
-            return b""  # h11 holds the head alone
-        if not self.done or self.conn.their_state not in _REQUEST_READ:
+            return b""  # no body: nothing was read past the head
+        conn = self.conn
+        assert conn is not None  # a body read to its end through h11
+        if not self.done or conn.their_state not in _REQUEST_READ:
             return None
-        return bytes(self.conn.trailing_data[0])
+        return bytes(conn.trailing_data[0])
 
 
 class _ChunkCheck:

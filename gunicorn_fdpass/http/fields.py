@@ -39,6 +39,23 @@ FORBIDDEN_TRAILERS: Final = frozenset(
 _SINGLETONS: Final = frozenset({"HOST", "CONTENT-TYPE"})
 
 
+#: Field names a rule of apply_fields looks at whoever sends them (with any underscore).
+_SPECIAL: Final = _SINGLETONS | {"EXPECT", "SCRIPT_NAME"}
+#: Field names as sent -> (upper case, looked at by a rule): a worker sees the same few names
+#: again and again. Bounded, since the names clients send are not.
+_NAMES: dict[bytes, tuple[str, bool]] = {}
+_MAX_NAMES: Final = 512
+
+
+def _remember(raw_name: bytes) -> tuple[str, bool]:
+    name = raw_name.decode("latin-1").upper()
+    known = (name, name in _SPECIAL or "_" in name)
+    if len(_NAMES) >= _MAX_NAMES:
+        _NAMES.clear()
+    _NAMES[bytes(raw_name)] = known
+    return known
+
+
 def split_block(block: bytes, rules: RequestRules) -> list[tuple[bytes, bytes]]:
     """Split a field block (each line with its CRLF, no final blank line) into (name, value)
     pairs; the slow path finds the exact fault."""
@@ -113,11 +130,20 @@ def apply_fields(
     kept: list[tuple[str, str]] = []
     seen: set[str] = set()
     scheme: str | None = None
+    names = _NAMES
+    # Only a trusted peer's fields or a trailer section need each field looked at closer.
+    closer = trailer or bool(scheme_headers)
     for raw_name, raw_value in pairs:
         if len(kept) >= limit:
             raise Rejected(431, "too many header fields")
-        name = raw_name.decode("latin-1").upper()
+        known = names.get(raw_name)
+        if known is None:
+            known = _remember(raw_name)
+        name, special = known
         value = raw_value.decode("latin-1")
+        if not (special or closer):
+            kept.append((name, value))  # the usual field: no rule below applies to it
+            continue
         if trailer and name in FORBIDDEN_TRAILERS:
             raise Rejected(400, f"{name} is not allowed in a trailer section")
         if name in _SINGLETONS:

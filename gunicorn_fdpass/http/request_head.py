@@ -28,7 +28,8 @@ and its colon is removed first, since h11 refuses it and Gunicorn strips it.
 from __future__ import annotations
 
 import re
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import h11
@@ -50,6 +51,15 @@ _FRAMING_FIELD_RE: Final = re.compile(
     rb"\r\n(content-length|transfer-encoding)[ \t]*:([^\r]*(?:\r\n[ \t][^\r]*)*)",
     re.IGNORECASE,
 )
+# A header section every raw check passes (one C-level pass instead of five): lines that
+# start with a visible character (no obs-fold), hold only visible characters, SP, HTAB and
+# obs-text (no control character, no bare CR or LF), each ending with CRLF.
+_CLEAN_BLOCK_RE: Final = re.compile(rb"(?:[!-~\x80-\xff][\t\x20-\x7e\x80-\xff]*\r\n)*")
+# The request line's common methods and versions: conventional, already upper case, so
+# Gunicorn's method rule and casefolding leave them as they are.
+_METHODS: Final = {m.encode(): m for m in (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")}
+_VERSIONS: Final = {b"1.1": (1, 1), b"1.0": (1, 0)}
 _SPACE_BEFORE_COLON_RE: Final = re.compile(rb"(\r\n" + TOKEN + rb")[ \t]+:")
 _KNOWN_CODINGS: Final = ("identity", "compress", "deflate", "gzip")
 
@@ -67,8 +77,7 @@ def receive_head(
     """Parse a complete request head; return it and the reader of its body (through the same
     h11 connection). ``trusted``: the peer is in ``forwarded_allow_ips``, so it may set
     ``secure_scheme_headers`` and ``forwarder_headers``. Raises :class:`Rejected`."""
-    conn = new_parser(rules)
-    request = parse_head(head, rules, trusted=trusted, conn=conn)
+    request, conn = _parse(head, rules, trusted, None)
     return request, RequestBody(conn, request, rules)
 
 
@@ -77,9 +86,18 @@ def parse_head(
 ) -> ParsedRequest:
     """Parse a complete request head with h11 and Gunicorn's rules (see the module).
 
-    ``conn`` is the h11 connection to feed (a new one if None); it is left holding the
-    request's state, ready for its body. Raises :class:`Rejected`.
+    ``conn`` is the h11 connection to feed; it is left holding the request's state, ready
+    for its body. Without one, h11 parses the head alone (see :func:`_h11_event`).
+    Raises :class:`Rejected`.
     """
+    return _parse(head, rules, trusted, conn)[0]
+
+
+def _parse(
+    head: bytes, rules: RequestRules, trusted: bool, conn: h11.Connection | None
+) -> tuple[ParsedRequest, h11.Connection | None]:
+    """:func:`parse_head`, and the h11 connection that holds the request (None when it has
+    no body and none was given: then no connection was needed)."""
     start = 2 if head[:2] == b"\r\n" else 0
     line_end = head.find(b"\r\n", start)
     if line_end < 0:
@@ -89,15 +107,9 @@ def parse_head(
     data = head[start:]
     if rules.strip_header_spaces:
         data = _SPACE_BEFORE_COLON_RE.sub(rb"\1:", data)
-    if conn is None:
-        conn = new_parser(rules)
-    conn.receive_data(data)
-    try:
-        event = conn.next_event()
-    except h11.RemoteProtocolError as exc:
-        raise Rejected(exc.error_status_hint, f"refused by h11: {exc}") from None
-    if type(event) is not h11.Request:  # cannot happen: h11 was given one complete head
-        raise Rejected(400, f"h11 did not take the request head ({event!r})")
+    if conn is None and (chunked or length or _H11_HEAD_READER is None):
+        conn = new_parser(rules)  # h11 frames the body, from the state the head left
+    event = _h11_event(data, conn)
     request = _request_line(event.method, event.target, event.http_version, rules)
     apply_fields(event.headers.raw_items(), request, rules, trusted=trusted)
     if chunked:
@@ -111,11 +123,83 @@ def parse_head(
         ]
     request.content_length = length
     request.must_close = request.must_close or coded
-    return request
+    return request, conn
+
+
+def _h11_event(data: bytes, conn: h11.Connection | None) -> h11.Request:
+    """h11's ``Request`` event for one complete head. Raises :class:`Rejected`.
+
+    With ``conn``, through its ``next_event``. Without one (a request without a body, the
+    usual case), through the function h11's connection calls for a head (its reader for an
+    idle client), given the head in h11's receive buffer: the same parse and the same
+    errors, without building a connection and running its state machine, which for the
+    one request of a new connection only prepares the body reader (here none: the body is
+    empty, :class:`RequestBody` needs no h11 for it) and the response side (never used:
+    responses are serialized here). That is half of h11's cost of a small head. h11 keeps
+    these two in private modules: if a version of h11 has them no more (see
+    :data:`_H11_HEAD_READER`), every head goes through a connection.
+    """
+    event: object
+    try:
+        if conn is not None:
+            conn.receive_data(data)
+            event = conn.next_event()
+        else:
+            assert _H11_HEAD_READER is not None  # else _parse made a connection
+            read, buffer_type = _H11_HEAD_READER
+            buffer = buffer_type()
+            buffer += data
+            event = read(buffer)
+    except h11.ProtocolError as exc:
+        # The reader raises h11's LocalProtocolError, which next_event turns into a
+        # RemoteProtocolError with the same message and status.
+        raise Rejected(exc.error_status_hint, f"refused by h11: {exc}") from None
+    if type(event) is not h11.Request:  # cannot happen: h11 was given one complete head
+        raise Rejected(400, f"h11 did not take the request head ({event!r})")
+    return event
+
+
+def _head_reader() -> tuple[Callable[[Any], object], Callable[[], Any]] | None:
+    """h11's reader of a head and its receive buffer, if this h11 has them and they read a
+    head as its connection does; else None."""
+    try:
+        from h11._readers import maybe_read_from_IDLE_client
+        from h11._receivebuffer import ReceiveBuffer
+    except ImportError:  # pragma: no cover - another h11 layout
+        return None
+    sample = b"GET /a?b HTTP/1.1\r\nHost: h\r\nX-A:  1 \r\n\r\n"
+    try:
+        buffer = ReceiveBuffer()
+        buffer += sample
+        event = maybe_read_from_IDLE_client(buffer)
+        conn = h11.Connection(h11.SERVER)
+        conn.receive_data(sample)
+        expected = conn.next_event()
+    except Exception:  # pragma: no cover - the private parts changed
+        return None
+    if type(event) is not h11.Request or event != expected or len(buffer):
+        return None  # pragma: no cover - the private parts changed
+    return maybe_read_from_IDLE_client, ReceiveBuffer
+
+
+#: h11's head reader and buffer (None: every head goes through an h11 connection).
+_H11_HEAD_READER: Final = _head_reader()
 
 
 def _check_raw_block(block: bytes, rules: RequestRules) -> None:
     """Checks on the header section's raw bytes (each line with its CRLF, no blank line)."""
+    if _CLEAN_BLOCK_RE.fullmatch(block):
+        if len(block) > rules.field_size and (
+            max(map(len, block.split(b"\r\n"))) + 2 > rules.field_size
+        ):
+            raise Rejected(431, "header field too large")
+        return
+    _check_raw_block_closely(block, rules)
+
+
+def _check_raw_block_closely(block: bytes, rules: RequestRules) -> None:
+    """The checks of :func:`_check_raw_block` one by one, each with its own answer (a block
+    that is not plainly clean, or folded lines that Gunicorn's settings permit)."""
     if _CONTROL_RE.search(block):
         raise Rejected(400, "invalid character in the header section")
     crlf = block.count(b"\r\n")
@@ -198,12 +282,15 @@ def _request_line(
 ) -> ParsedRequest:
     """Gunicorn's rules for the request line h11 parsed (method and target are tokens and
     visible ASCII, the version ``N.N``: h11 checked that much)."""
-    if not rules.permit_unconventional_http_method and (
-        _METHOD_BADCHAR_RE.search(method) or not 3 <= len(method) <= 20
-    ):
-        raise Rejected(400, "invalid method")
-    if rules.casefold_http_method:
-        method = method.upper()
+    name = _METHODS.get(method)
+    if name is None:
+        if not rules.permit_unconventional_http_method and (
+            _METHOD_BADCHAR_RE.search(method) or not 3 <= len(method) <= 20
+        ):
+            raise Rejected(400, "invalid method")
+        if rules.casefold_http_method:
+            method = method.upper()
+        name = method.decode("latin-1")
     # The target is already printable ASCII: h11's request-target rule is VCHAR+ (RFC 9112
     # 3.2 / RFC 3986 2), the same as Gunicorn's, so it is not scanned a second time here.
     if target == b"*":
@@ -225,13 +312,17 @@ def _request_line(
         path, query, fragment = b"", b"", b""
     else:
         raise Rejected(400, "authority-form is only for CONNECT")
-    ver = (version[0] - 48, version[2] - 48)
-    if not (1, 0) <= ver < (2, 0) and not rules.permit_unconventional_http_version:
-        raise Rejected(400, "unsupported HTTP version")
+    ver = _VERSIONS.get(version)
+    if ver is None:
+        ver = (version[0] - 48, version[2] - 48)
+        if not (1, 0) <= ver < (2, 0) and not rules.permit_unconventional_http_version:
+            raise Rejected(400, "unsupported HTTP version")
+    text = target.decode("latin-1")
     return ParsedRequest(
-        method=method.decode("latin-1"),
-        target=target.decode("latin-1"),
-        path=path.decode("latin-1"),
+        method=name,
+        target=text,
+        # partition() hands back the target itself when it has no query or fragment.
+        path=text if path is target else path.decode("latin-1"),
         query=query.decode("latin-1"),
         fragment=fragment.decode("latin-1"),
         version=ver,

@@ -315,7 +315,7 @@ class ASGIWorker(LinkedWorker):
         assert self.loop is not None
         sock = socket_from_fd(fd, handoff.family)
         conn = AsgiConnection(handoff.conn_id, handoff.family, handoff.prefix, self.wsgi,
-                              self.config, self, self.log)
+                              self.config, self, self.log, self.loop)
         self.connections.add(conn)
         task = self.loop.create_task(self._serve(conn, sock))
         self._tasks.add(task)  # the loop keeps only weak references to its tasks
@@ -356,6 +356,9 @@ class ASGIWorker(LinkedWorker):
 
     def access_wanted(self) -> bool:
         return bool(self.log.access_log_enabled) or self._post_request_set
+
+    def pre_request_wanted(self) -> bool:
+        return not self._pre_request_default or self._debug_logged()
 
     def pre_request(self, req: RequestInfo) -> None:
         if self._pre_request_default and not self._debug_logged():

@@ -6,13 +6,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import socket
 from typing import Any
 
 import pytest
 
+from gunicorn_fdpass.asgi.config import AsgiConfig
+from gunicorn_fdpass.asgi.connection import AsgiConnection
 from gunicorn_fdpass.asgi.http_cycle import response_headers
 from gunicorn_fdpass.http.keep_alive import After
+from gunicorn_fdpass.http.request_rules import AddressAllowList
 from tests.support.asgi_serve import Client, FakeSide, request, serve_asgi
+from tests.support.serve import FakeLog, make_config
 
 Scope = dict[str, Any]
 
@@ -414,3 +419,62 @@ def test_served_requests_leave_no_reference_cycles() -> None:
             gc.enable()
 
     run(serve_asgi(hello, client))
+
+
+@pytest.mark.parametrize(("pre", "access"), [(False, False), (False, True), (True, False)])
+def test_hooks_see_the_request_only_when_wanted(pre: bool, access: bool) -> None:
+    """A hook nobody set is not fed (no request info is made for it); one that is set sees
+    the request as before, whichever other one is off."""
+    async def client(c: Client) -> None:
+        for path in ("/a?x=1", "/b"):
+            await c.send(request(path))
+            assert (await c.response()).status == 200
+
+    side = FakeSide(pre_wanted=pre, access_on=access)
+    served = run(serve_asgi(hello, client, side=side))
+    assert side.started == 2
+    assert [(r.method, r.path, r.query) for r in side.pre] == (
+        [("GET", "/a", "x=1"), ("GET", "/b", "")] if pre else [])
+    assert [(req.path, req.uri, environ["PATH_INFO"], resp.status_code)
+            for req, environ, resp in side.post] == (
+        [("/a", "/a?x=1", "/a", 200), ("/b", "/b", "/b", 200)] if access else [])
+    assert len(side.accessed) == (2 if access else 0)
+    assert served.log.at("exception") == [] and served.log.at("error") == []
+
+
+def test_scope_client_is_the_proxy_headers_on_every_request_of_the_connection() -> None:
+    clients: list[Any] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        clients.append((scope["client"], scope["server"]))
+        await hello(scope, receive, send)
+
+    async def client(c: Client) -> None:
+        for path in ("/a", "/b"):
+            await c.send(request(path))
+            assert (await c.response()).status == 200
+
+    run(serve_asgi(app, client, prefix=b"PROXY TCP4 203.0.113.9 10.0.0.2 4242 80\r\n",
+                   proxy_protocol="v1", proxy_allow=AddressAllowList(["*"])))
+    assert clients == [(("203.0.113.9", 4242), None)] * 2
+
+
+def test_a_connection_given_the_workers_loop_does_not_look_it_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio.get_running_loop() costs a getpid() system call per connection."""
+    class Transport(asyncio.Transport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return {"peername": ("10.0.0.1", 1), "sockname": ("10.0.0.2", 2)}.get(name)
+
+    def looked_up() -> asyncio.AbstractEventLoop:
+        raise AssertionError("the loop was looked up")
+
+    loop = asyncio.new_event_loop()
+    try:
+        conn = AsgiConnection(1, socket.AF_INET, b"", hello,
+                              AsgiConfig(http=make_config()), FakeSide(), FakeLog(), loop)
+        monkeypatch.setattr(asyncio, "get_running_loop", looked_up)
+        conn.connection_made(Transport())
+        assert conn.loop is loop and conn.client_addr == ("10.0.0.1", 1)
+    finally:
+        loop.close()

@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from gunicorn_fdpass.asgi.loop import new_event_loop
-from gunicorn_fdpass.asgi.scope import http_scope, scope_address, websocket_scope
+from gunicorn_fdpass.asgi.scope import (
+    http_scope,
+    peers,
+    request_http_scope,
+    scope_address,
+    websocket_scope,
+)
 from gunicorn_fdpass.http.proxy_protocol import ProxyInfo
 from gunicorn_fdpass.http.request_head import parse_head
 from gunicorn_fdpass.http.request_rules import RequestRules
@@ -55,6 +61,24 @@ def test_trusted_proxy_sets_scheme_and_root_path_and_proxy_protocol_the_client()
     untrusted = http_scope(parsed(head, trusted=False), client=("8.8.8.8", 1), server=None,
                            proxy=None, url_scheme="http", root_path="", state=None)
     assert untrusted["scheme"] == "http" and untrusted["root_path"] == ""
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /a%20b?q HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n",
+    b"OPTIONS * HTTP/1.0\r\nX-Forwarded-Proto: https\r\nSCRIPT_NAME: /m/\r\n\r\n",
+])
+@pytest.mark.parametrize("state", [None, {"k": 1}])
+def test_request_scope_with_the_connections_peers_is_the_full_scope(
+        head: bytes, state: dict[str, Any] | None) -> None:
+    """What the worker builds per request, with client and server converted once per
+    connection, is exactly http_scope's answer."""
+    proxy = ProxyInfo("TCP6", "2001:db8::1", 4242, "2001:db8::2", 443, 0)
+    for client, server, via in [(("10.0.0.1", 5), ("::1", 80, 0, 0), None),
+                                (("127.0.0.1", 1), "/run/app.sock", proxy), (b"", None, None)]:
+        kwargs: dict[str, Any] = {"url_scheme": "http", "root_path": "/r", "state": state}
+        full = http_scope(parsed(head), client=client, server=server, proxy=via, **kwargs)
+        fast = request_http_scope(parsed(head), peers(client, server, via), **kwargs)
+        assert fast == full
 
 
 def test_websocket_scope_scheme_and_subprotocols() -> None:

@@ -45,3 +45,14 @@ def test_pre_request_hook(custom: bool, level: str, expected: list[str]) -> None
     ASGIWorker.pre_request(fake, REQ)
     assert calls == expected
 
+
+
+@pytest.mark.parametrize(("custom", "level", "wanted"), [
+    (False, "info", False),  # the cycle then makes no request info for the hook
+    (False, "debug", True),
+    (True, "info", True),
+])
+def test_pre_request_wanted_only_when_the_hook_would_do_something(
+        custom: bool, level: str, wanted: bool) -> None:
+    fake, _ = worker(custom=custom, level=level)
+    assert ASGIWorker.pre_request_wanted(fake) is wanted

@@ -34,6 +34,10 @@ class FakeSide:
     waiting: bool = False
     stop: bool = False
     park_ok: bool = True
+    #: What pre_request_wanted and access_wanted answer (a worker with Gunicorn's default
+    #: hooks and no access log says no to both).
+    pre_wanted: bool = True
+    access_on: bool = True
     started: int = 0
     parked: list[bytes] = field(default_factory=list)
     ended_handed_back: list[bool] = field(default_factory=list)
@@ -56,7 +60,10 @@ class FakeSide:
         return self.stop
 
     def access_wanted(self) -> bool:
-        return True
+        return self.access_on
+
+    def pre_request_wanted(self) -> bool:
+        return self.pre_wanted
 
     def pre_request(self, req: RequestInfo) -> None:
         self.pre.append(req)
