@@ -18,9 +18,11 @@ __all__ = [
     "CONTINUE",
     "ErrorMessage",
     "error_message",
+    "field_lines",
     "http_date",
     "reason_phrase",
     "serialize_head",
+    "serialize_head_around",
 ]
 
 _date_cache: tuple[int, str] = (0, "")
@@ -72,6 +74,29 @@ def serialize_head(status_code: int, reason: str, headers: Iterable[tuple[str, s
         lines[1:1] = hosts
     lines.append("\r\n")
     return "".join(lines).encode("latin-1")
+
+
+def field_lines(headers: Iterable[tuple[str, str]]) -> bytes:
+    """Header fields as lines, in order, for :func:`serialize_head_around` (a Host field
+    among them would not be moved to the front)."""
+    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+
+
+def serialize_head_around(
+    status_code: int,
+    reason: str,
+    before: Iterable[tuple[str, str]],
+    lines: bytes,
+    after: Iterable[tuple[str, str]],
+) -> bytes:
+    """:func:`serialize_head` of ``before``, the fields laid out in ``lines`` (by
+    :func:`field_lines`; no Host field among them) and ``after``: a head whose middle
+    part repeats is laid out once."""
+    top = [f"HTTP/1.1 {status_code} {reason}\r\n"]
+    top += [f"{name}: {value}\r\n" for name, value in before]
+    end = [f"{name}: {value}\r\n" for name, value in after]
+    end.append("\r\n")
+    return "".join(top).encode("latin-1") + lines + "".join(end).encode("latin-1")
 
 
 #: The interim answer to ``Expect: 100-continue``.
