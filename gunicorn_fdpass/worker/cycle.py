@@ -28,6 +28,9 @@ __all__ = ["RequestCycle"]
 class RequestCycle:
     """The request-response cycle of one request (the connection state stays in ``conn``)."""
 
+    # Slots: made for every connection or request; their attributes are read throughout.
+    __slots__ = ("_req", "after", "conn", "facts", "reader", "request", "response")
+
     def __init__(self, conn: ConnectionLoop, request: ParsedRequest, body: RequestBody) -> None:
         self.conn = conn
         self.request = request
