@@ -39,6 +39,23 @@ FORBIDDEN_TRAILERS: Final = frozenset(
 _SINGLETONS: Final = frozenset({"HOST", "CONTENT-TYPE"})
 
 
+# Field names as received -> (upper case, whether no rule of apply_fields is about it but
+# the trusted scheme headers, which are per RequestRules): clients send the same few names.
+# Bounded: names are the client's choice.
+_NAMES: dict[bytes, tuple[str, bool]] = {}
+_MAX_NAMES: Final = 1024
+
+
+def _learn_name(raw_name: bytes) -> tuple[str, bool]:
+    name = raw_name.decode("latin-1").upper()
+    plain = not (name in _SINGLETONS or name in FORBIDDEN_TRAILERS or "_" in name
+                 or name in ("EXPECT", "SCRIPT_NAME"))
+    if len(_NAMES) >= _MAX_NAMES:
+        _NAMES.clear()
+    known = _NAMES[raw_name] = (name, plain)
+    return known
+
+
 def split_block(block: bytes, rules: RequestRules) -> list[tuple[bytes, bytes]]:
     """Split a field block (each line with its CRLF, no final blank line) into (name, value)
     pairs; the slow path finds the exact fault."""
@@ -113,11 +130,18 @@ def apply_fields(
     kept: list[tuple[str, str]] = []
     seen: set[str] = set()
     scheme: str | None = None
+    names = _NAMES
     for raw_name, raw_value in pairs:
         if len(kept) >= limit:
             raise Rejected(431, "too many header fields")
-        name = raw_name.decode("latin-1").upper()
+        known = names.get(raw_name)
+        if known is None:
+            known = _learn_name(raw_name)
+        name, plain = known
         value = raw_value.decode("latin-1")
+        if plain and name not in scheme_headers:
+            kept.append((name, value))  # no rule below is about this name
+            continue
         if trailer and name in FORBIDDEN_TRAILERS:
             raise Rejected(400, f"{name} is not allowed in a trailer section")
         if name in _SINGLETONS:
