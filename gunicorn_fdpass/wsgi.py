@@ -83,6 +83,9 @@ _ABSOLUTE_FORM_RE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.\-]*://")
 # Bounded, since values such as cookies differ from one response to the next.
 _VALID_HEADERS: dict[tuple[str, str], None] = {}
 _MAX_VALID_HEADERS = 1024
+# Whole lists of such fields that passed, as tuples: an application repeats a few.
+_VALID_LISTS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+_MAX_VALID_LISTS: Final = 256
 # environ keys of request header names ("USER-AGENT" -> "HTTP_USER_AGENT", "CONTENT-TYPE" ->
 # "CONTENT_TYPE"): clients send the same few names over and over. Bounded: names are the
 # client's choice.
@@ -376,6 +379,12 @@ def validate_headers(headers: object) -> list[tuple[str, str]]:
     control characters, no hop-by-hop field) and return them as a new list of 2-tuples."""
     if not isinstance(headers, (list, tuple)):
         raise TypeError(f"headers must be a list, not {type(headers).__name__}")
+    try:
+        known = _VALID_LISTS.get(tuple(headers))
+    except TypeError:  # an unhashable item: not a valid header, found below
+        known = None
+    if known is not None:
+        return list(known)
     checked: list[tuple[str, str]] = []
     valid = _VALID_HEADERS
     for item in headers:
@@ -401,6 +410,10 @@ def validate_headers(headers: object) -> list[tuple[str, str]]:
             if len(valid) >= _MAX_VALID_HEADERS:
                 valid.clear()
             valid[(name, value)] = None
+    if all(type(item) is tuple and item in valid for item in checked):
+        if len(_VALID_LISTS) >= _MAX_VALID_LISTS:
+            _VALID_LISTS.clear()
+        _VALID_LISTS[tuple(checked)] = tuple(checked)
     return checked
 
 

@@ -235,7 +235,9 @@ class Response:
                 data = data[:room]
                 if not data:
                     return False
-        return self._queue(_chunk(data) if self.chunked else [data], len(data))
+        if self.chunked:
+            return self._queue(_chunk(data), len(data))
+        return self._queue_one(data, len(data))
 
     def finish(self) -> None:
         """End the response (the head first if the body was empty); the driver sends the rest.
@@ -322,6 +324,15 @@ class Response:
         if self.ended and not self._pending:
             self.finished = True
 
+    def _queue_one(self, part: bytes, body_bytes: int = 0) -> bool:
+        """:meth:`_queue` of a single part (the head, a piece of a body that is not chunked)."""
+        self._pending.append(part)
+        if body_bytes:
+            self._body_bytes += body_bytes
+            self._pending_body += body_bytes
+        size = self._pending_size = self._pending_size + len(part)
+        return size >= SEND_BUFFER
+
     def _queue(self, parts: list[bytes], body_bytes: int = 0) -> bool:
         self._body_bytes += body_bytes
         self._pending_body += body_bytes
@@ -348,7 +359,7 @@ class Response:
             head = serialize_head(code, starter.reason, headers)
         else:
             head = serialize_head_around(code, starter.reason, defaults, fields.wire, extras)
-        self._queue([head])
+        self._queue_one(head)
 
     def _server_fields(
         self, fields: _AppFields, code: int

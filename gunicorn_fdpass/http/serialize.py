@@ -91,12 +91,27 @@ def serialize_head_around(
 ) -> bytes:
     """:func:`serialize_head` of ``before``, the fields laid out in ``lines`` (by
     :func:`field_lines`; no Host field among them) and ``after``: a head whose middle
-    part repeats is laid out once."""
-    top = [f"HTTP/1.1 {status_code} {reason}\r\n"]
-    top += [f"{name}: {value}\r\n" for name, value in before]
-    end = [f"{name}: {value}\r\n" for name, value in after]
-    end.append("\r\n")
-    return "".join(top).encode("latin-1") + lines + "".join(end).encode("latin-1")
+    part repeats is laid out once. ``before`` and ``after`` are the server's own fields
+    (a few sets, remembered), not the application's."""
+    return b"".join((f"HTTP/1.1 {status_code} {reason}\r\n".encode("latin-1"),
+                     _known_lines(tuple(before)), lines, _known_lines(tuple(after)), b"\r\n"))
+
+
+# Header lines of the server's own small sets of fields (Server and Date, Transfer-Encoding
+# and Connection), laid out once: the same few sets go out with every response. Bounded:
+# the date changes every second.
+_LINES: dict[tuple[tuple[str, str], ...], bytes] = {}
+_MAX_LINES: Final = 64
+
+
+def _known_lines(fields: tuple[tuple[str, str], ...]) -> bytes:
+    lines = _LINES.get(fields)
+    if lines is None:
+        lines = field_lines(fields)
+        if len(_LINES) >= _MAX_LINES:
+            _LINES.clear()
+        _LINES[fields] = lines
+    return lines
 
 
 #: The interim answer to ``Expect: 100-continue``.
