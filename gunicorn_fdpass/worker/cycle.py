@@ -168,7 +168,7 @@ class RequestCycle:
                         if resp.body(chunk) or not in_memory:
                             self._flush()
                 resp.finish()
-                self._flush()
+                self._flush(last=True)
             finally:
                 if result is not None:
                     self._close_iterable(result)
@@ -210,13 +210,19 @@ class RequestCycle:
         resp.body(data)
         self._flush()
 
-    def _flush(self) -> None:
-        """Send what the response queued; ClientGone if the client cannot be sent to."""
+    def _flush(self, last: bool = False) -> None:
+        """Send what the response queued; ClientGone if the client cannot be sent to.
+        ``last``: the response is complete; when the connection ends after it anyway, the
+        end of our side goes out with its last bytes (Transport.send_last)."""
         resp = self.response
         assert resp is not None
         data = resp.take()
         if data:
-            self.conn.transport.sendall(data)
+            conn = self.conn
+            if last and closes(self.facts, conn.policy, self.after):
+                conn.transport.send_last(data)
+            else:
+                conn.transport.sendall(data)
         resp.sent()
 
     def _sendfile(self, resp: Response, wrapper: FileWrapper) -> bool:
