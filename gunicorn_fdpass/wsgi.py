@@ -83,10 +83,18 @@ _ABSOLUTE_FORM_RE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.\-]*://")
 # Bounded, since values such as cookies differ from one response to the next.
 _VALID_HEADERS: dict[tuple[str, str], None] = {}
 _MAX_VALID_HEADERS = 1024
-# environ keys of request header names ("USER-AGENT" -> "HTTP_USER_AGENT"): clients send
-# the same few names over and over. Bounded: names are the client's choice.
+# Whole lists of such fields that passed, as tuples: an application repeats a few.
+_VALID_LISTS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+_MAX_VALID_LISTS: Final = 256
+# environ keys of request header names ("USER-AGENT" -> "HTTP_USER_AGENT", "CONTENT-TYPE" ->
+# "CONTENT_TYPE"): clients send the same few names over and over. Bounded: names are the
+# client's choice.
 _ENVIRON_KEYS: dict[str, str] = {}
 _MAX_ENVIRON_KEYS = 1024
+# SERVER_NAME and SERVER_PORT by (Host, default port): a server is reached under a few names.
+# Bounded: the Host field is the client's choice.
+_HOSTS: dict[tuple[str, str], tuple[str, str]] = {}
+_MAX_HOSTS: Final = 256
 _PROTOCOLS: Final = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}
 # Statuses that passed validate_status, with their (code, reason): applications use a few.
 _VALID_STATUSES: dict[str, tuple[int, str]] = {}
@@ -132,6 +140,18 @@ def _split_host(host: str, default_port: str) -> tuple[str, str]:
     if sep and port.isdigit():
         return name, port
     return host, default_port
+
+
+def _environ_key(name: str) -> str:
+    """The environ key of a request header field name (upper case), remembered."""
+    if name == "CONTENT-TYPE" or name == "CONTENT-LENGTH":
+        key = name.replace("-", "_")
+    else:
+        key = "HTTP_" + name.replace("-", "_")
+    if len(_ENVIRON_KEYS) >= _MAX_ENVIRON_KEYS:
+        _ENVIRON_KEYS.clear()
+    _ENVIRON_KEYS[name] = key
+    return key
 
 
 def _server_name(server: Address) -> tuple[str, str]:
@@ -196,27 +216,26 @@ def build_environ(
     if server_software:
         environ["SERVER_SOFTWARE"] = server_software
 
-    host: str | None = None
+    keys = _ENVIRON_KEYS
     for name, value in request.headers:
-        if name == "CONTENT-TYPE":
-            environ["CONTENT_TYPE"] = value
-            continue
-        if name == "CONTENT-LENGTH":
-            environ["CONTENT_LENGTH"] = value
-            continue
-        if name == "HOST":
-            host = value
-        key = _ENVIRON_KEYS.get(name)
+        key = keys.get(name)
         if key is None:
-            key = "HTTP_" + name.replace("-", "_")
-            if len(_ENVIRON_KEYS) >= _MAX_ENVIRON_KEYS:
-                _ENVIRON_KEYS.clear()
-            _ENVIRON_KEYS[name] = key
-        previous = environ.get(key)
-        environ[key] = value if previous is None else previous + "," + value
+            key = _environ_key(name)
+        if key[0] == "H" and key in environ:
+            # A repeated field (HTTP_*): its values joined, as one field would list them.
+            environ[key] += "," + value
+        else:
+            environ[key] = value  # CONTENT_TYPE and CONTENT_LENGTH: the last one
+    host = environ.get("HTTP_HOST")
 
     if host:
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(host, default_port)
+        split = _HOSTS.get((host, default_port))
+        if split is None:
+            split = _split_host(host, default_port)
+            if len(_HOSTS) >= _MAX_HOSTS:
+                _HOSTS.clear()
+            _HOSTS[host, default_port] = split
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = split
     else:
         environ["SERVER_NAME"], environ["SERVER_PORT"] = _server_name(
             server() if callable(server) else server)
@@ -360,6 +379,12 @@ def validate_headers(headers: object) -> list[tuple[str, str]]:
     control characters, no hop-by-hop field) and return them as a new list of 2-tuples."""
     if not isinstance(headers, (list, tuple)):
         raise TypeError(f"headers must be a list, not {type(headers).__name__}")
+    try:
+        known = _VALID_LISTS.get(tuple(headers))
+    except TypeError:  # an unhashable item: not a valid header, found below
+        known = None
+    if known is not None:
+        return list(known)
     checked: list[tuple[str, str]] = []
     valid = _VALID_HEADERS
     for item in headers:
@@ -385,6 +410,10 @@ def validate_headers(headers: object) -> list[tuple[str, str]]:
             if len(valid) >= _MAX_VALID_HEADERS:
                 valid.clear()
             valid[(name, value)] = None
+    if all(type(item) is tuple and item in valid for item in checked):
+        if len(_VALID_LISTS) >= _MAX_VALID_LISTS:
+            _VALID_LISTS.clear()
+        _VALID_LISTS[tuple(checked)] = tuple(checked)
     return checked
 
 

@@ -54,6 +54,10 @@ class RequestBody:
     :meth:`receive`, at most :meth:`wants` of them.
     """
 
+    # Slots: made for every connection or request; their attributes are read throughout.
+    __slots__ = ("_check", "_ended_without_h11", "_unfed", "chunked", "conn", "done", "length",
+                 "received")
+
     def __init__(
         self, conn: h11.Connection | None, request: ParsedRequest, rules: RequestRules
     ) -> None:

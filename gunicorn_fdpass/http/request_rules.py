@@ -152,7 +152,7 @@ class RequestRules:
         return (self.line_limit or UNLIMITED_LINE) + 2 + self.max_header_block
 
 
-@dataclass
+@dataclass(slots=True)  # made for every request, and read throughout it
 class ParsedRequest:
     """A request head that passed every rule."""
 

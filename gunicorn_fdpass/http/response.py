@@ -5,9 +5,10 @@ Who does what:
 
 - :class:`~gunicorn_fdpass.wsgi.ResponseStarter` implements PEP 3333's ``start_response``
   rules (status and header syntax, ``exc_info``); :class:`Response` owns one.
-- :meth:`Response._final_headers` is the one place that decides what goes on the wire: the
-  application's header fields as sent (whitespace trimmed, ``Connection`` replaced by ours,
-  ``Server`` and ``Date`` added unless given, ``Content-Length`` checked), and the framing
+- :func:`_app_fields` and :meth:`Response._server_fields` are the one place that decides
+  what goes on the wire: the application's header fields as sent (whitespace trimmed,
+  ``Connection`` replaced by ours, ``Server`` and ``Date`` added unless given,
+  ``Content-Length`` checked), and the framing
   (RFC 9112 6.3): no body for HEAD, 204, 304 and a 2xx to CONNECT; else the application's
   Content-Length; else chunked for HTTP/1.1 and closing the connection for HTTP/1.0. Whether
   the head says ``Connection: close`` is asked of :func:`~gunicorn_fdpass.http.keep_alive.closes`,
@@ -33,7 +34,7 @@ from ..errors import FdpassError
 from ..wsgi import ResponseStarter, WriteCallable
 from .keep_alive import After, Facts, Policy, closes
 from .request_rules import ParsedRequest
-from .serialize import error_message, http_date, serialize_head
+from .serialize import error_message, field_lines, http_date, serialize_head, serialize_head_around
 
 __all__ = ["Abort", "Response", "ResponseInfo"]
 
@@ -71,6 +72,75 @@ def _committed(response: weakref.ref[Response]) -> bool:
     return this is None or this.committed
 
 
+@dataclass(frozen=True, slots=True)
+class _AppFields:
+    """What a response's status code and the application's header fields decide, before
+    the server adds its own fields: the same for every response that repeats them."""
+
+    pairs: tuple[tuple[str, str], ...]  # as sent: whitespace trimmed, Connection dropped
+    content_length: int | None
+    app_close: bool  # the application's Connection field says close
+    has_date: bool
+    has_server: bool
+    #: ``pairs`` as header lines; None when one of them is a Host field, which
+    #: :func:`~gunicorn_fdpass.http.serialize.serialize_head` moves to the front.
+    wire: bytes | None
+
+
+# _AppFields by (status code, the application's header fields): an application answers with
+# the same few sets of fields, whose inspection and layout then cost a lookup. Bounded,
+# since values such as cookies differ from one response to the next.
+_APP_FIELDS: dict[tuple[int, tuple[tuple[str, str], ...]], _AppFields] = {}
+_MAX_APP_FIELDS: Final = 512
+
+
+def _app_fields(app_headers: list[tuple[str, str]], code: int) -> _AppFields:
+    """The application's part of the head (see :meth:`Response._final_headers`). Raises
+    ValueError for an invalid Content-Length."""
+    key = (code, tuple(app_headers))
+    known = _APP_FIELDS.get(key)
+    if known is not None:
+        return known
+    pairs: list[tuple[str, str]] = []
+    content_length: int | None = None
+    app_close = has_date = has_server = has_host = False
+    for name, raw_value in app_headers:
+        lname = name.lower()
+        # RFC 9110 5.5: surrounding whitespace is not part of a field value.
+        value = raw_value.strip(" \t")
+        if lname == "connection":
+            # The only hop-by-hop field wsgi.validate_headers lets through: the server
+            # writes its own, honouring a "close" from the application.
+            if "close" in (t.strip(" \t").lower() for t in value.split(",")):
+                app_close = True
+            continue
+        if lname == "content-length":
+            if code == 204:  # RFC 9110 8.6: never on a 204
+                continue
+            if (
+                not (value.isascii() and value.isdigit())
+                or len(value) > _MAX_LENGTH_DIGITS
+                or (content_length is not None and int(value) != content_length)
+            ):
+                raise ValueError(f"invalid Content-Length {value!r}")
+            if content_length is not None:
+                continue  # an identical repeat: send it once
+            content_length = int(value)
+        elif lname == "date":
+            has_date = True
+        elif lname == "server":
+            has_server = True
+        elif lname == "host":
+            has_host = True
+        pairs.append((name, value))
+    wire = None if has_host else field_lines(pairs)
+    fields = _AppFields(tuple(pairs), content_length, app_close, has_date, has_server, wire)
+    if len(_APP_FIELDS) >= _MAX_APP_FIELDS:
+        _APP_FIELDS.clear()
+    _APP_FIELDS[key] = fields
+    return fields
+
+
 def _chunk(data: bytes) -> list[bytes]:
     """One piece of a chunked body (RFC 9112 7.1), never empty: that would end the body."""
     return [b"%x\r\n" % len(data), data, b"\r\n"]
@@ -82,13 +152,20 @@ class Response:
     The body is framed by the application's Content-Length if it gave one (never exceeded;
     falling short drops the connection); otherwise chunked for HTTP/1.1, or delimited by
     closing the connection for HTTP/1.0. HEAD, 204 and 304 responses (and a 2xx to CONNECT,
-    the start of a tunnel) never carry body bytes. :meth:`_final_headers` decides all this.
+    the start of a tunnel) never carry body bytes. :meth:`_server_fields` decides all this.
 
     ``facts``: the exchange's keep-alive facts, which this response completes; ``after``: the
     worker's state; ``unread_body``: asked when the head is written, whether what is left of
     the request body already rules out another request; ``write``: PEP 3333's ``write()``,
     which the driver implements (queue, then send at once).
     """
+
+    # Slots: a response is made for every request, and its attributes are read and set
+    # throughout it.
+    __slots__ = ("__weakref__", "_body_bytes", "_pending", "_pending_body", "_pending_size",
+                 "_taken_body", "after", "bodyless", "chunked", "committed", "connect",
+                 "content_length", "ended", "facts", "finished", "head", "http11", "info",
+                 "log", "policy", "server_software", "starter", "unread_body", "uri")
 
     def __init__(
         self,
@@ -158,7 +235,9 @@ class Response:
                 data = data[:room]
                 if not data:
                     return False
-        return self._queue(_chunk(data) if self.chunked else [data], len(data))
+        if self.chunked:
+            return self._queue(_chunk(data), len(data))
+        return self._queue_one(data, len(data))
 
     def finish(self) -> None:
         """End the response (the head first if the body was empty); the driver sends the rest.
@@ -245,6 +324,15 @@ class Response:
         if self.ended and not self._pending:
             self.finished = True
 
+    def _queue_one(self, part: bytes, body_bytes: int = 0) -> bool:
+        """:meth:`_queue` of a single part (the head, a piece of a body that is not chunked)."""
+        self._pending.append(part)
+        if body_bytes:
+            self._body_bytes += body_bytes
+            self._pending_body += body_bytes
+        size = self._pending_size = self._pending_size + len(part)
+        return size >= SEND_BUFFER
+
     def _queue(self, parts: list[bytes], body_bytes: int = 0) -> bool:
         self._body_bytes += body_bytes
         self._pending_body += body_bytes
@@ -262,52 +350,34 @@ class Response:
         code = starter.status_code
         if code < 200:
             raise ValueError(f"status {starter.status!r} cannot be a final response")
-        headers = self._final_headers(starter.headers, code)
+        fields = _app_fields(starter.headers, code)
+        defaults, extras = self._server_fields(fields, code)
+        headers = [*defaults, *fields.pairs, *extras]
         self.committed = True
         self.info = ResponseInfo(starter.status or "", code, headers, 0)
-        self._queue([serialize_head(code, starter.reason, headers)])
+        if fields.wire is None:
+            head = serialize_head(code, starter.reason, headers)
+        else:
+            head = serialize_head_around(code, starter.reason, defaults, fields.wire, extras)
+        self._queue_one(head)
 
-    def _final_headers(
-        self, app_headers: list[tuple[str, str]], code: int
-    ) -> list[tuple[str, str]]:
-        """The header fields to send, in order; decides the framing and whether to close."""
-        headers: list[tuple[str, str]] = []
-        has_date = has_server = False
+    def _server_fields(
+        self, fields: _AppFields, code: int
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The one place that decides what goes on the wire besides the application's
+        fields (as sent: whitespace trimmed, ``Connection`` replaced by ours, ``Content-Length``
+        checked; see :func:`_app_fields`): ``Server`` and ``Date`` in front unless given, the
+        framing and ``Connection`` after them. Returns (fields before, fields after)."""
         facts = self.facts
-        for name, raw_value in app_headers:
-            lname = name.lower()
-            # RFC 9110 5.5: surrounding whitespace is not part of a field value.
-            value = raw_value.strip(" \t")
-            if lname == "connection":
-                # The only hop-by-hop field wsgi.validate_headers lets through: the server
-                # writes its own, honouring a "close" from the application.
-                if "close" in (t.strip(" \t").lower() for t in value.split(",")):
-                    facts.app_close = True
-                continue
-            if lname == "content-length":
-                if code == 204:  # RFC 9110 8.6: never on a 204
-                    continue
-                if (
-                    not (value.isascii() and value.isdigit())
-                    or len(value) > _MAX_LENGTH_DIGITS
-                    or (self.content_length is not None and int(value) != self.content_length)
-                ):
-                    raise ValueError(f"invalid Content-Length {value!r}")
-                if self.content_length is not None:
-                    continue  # an identical repeat: send it once
-                self.content_length = int(value)
-            elif lname == "date":
-                has_date = True
-            elif lname == "server":
-                has_server = True
-            headers.append((name, value))
+        if fields.app_close:
+            facts.app_close = True
+        self.content_length = fields.content_length
         defaults: list[tuple[str, str]] = []
         software = self.server_software
-        if not has_server and software:
+        if not fields.has_server and software:
             defaults.append(("Server", software))
-        if not has_date:
+        if not fields.has_date:
             defaults.append(("Date", http_date()))
-        headers = defaults + headers
 
         # Asked once; dropping it afterwards breaks the cycle through the driver that owns
         # this response and the callable (see __init__).
@@ -317,19 +387,20 @@ class Response:
         # 204, 304 and a 2xx to CONNECT (a tunnel starts); else the application's
         # Content-Length; else chunked for an HTTP/1.1 client, and the end of the connection
         # for an HTTP/1.0 one. A HEAD response announces what a GET would get (RFC 9110 9.3.2).
+        extras: list[tuple[str, str]] = []
         no_body_status = code in (204, 304) or (self.connect and code < 300)
         self.bodyless = self.head or no_body_status
         if self.content_length is None and not no_body_status:
             if self.http11:
-                headers.append(("Transfer-Encoding", "chunked"))
+                extras.append(("Transfer-Encoding", "chunked"))
                 self.chunked = not self.head
             elif not self.head:
                 facts.close_delimited = True
         if closes(facts, self.policy, self.after):
-            headers.append(("Connection", "close"))
+            extras.append(("Connection", "close"))
         elif facts.keep_alive_10:
-            headers.append(("Connection", "keep-alive"))
-        return headers
+            extras.append(("Connection", "keep-alive"))
+        return defaults, extras
 
     def final_info(self) -> ResponseInfo:
         """The response for hooks: what was sent, or else what the application asked for."""

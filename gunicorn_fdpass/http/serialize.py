@@ -18,9 +18,11 @@ __all__ = [
     "CONTINUE",
     "ErrorMessage",
     "error_message",
+    "field_lines",
     "http_date",
     "reason_phrase",
     "serialize_head",
+    "serialize_head_around",
 ]
 
 _date_cache: tuple[int, str] = (0, "")
@@ -72,6 +74,44 @@ def serialize_head(status_code: int, reason: str, headers: Iterable[tuple[str, s
         lines[1:1] = hosts
     lines.append("\r\n")
     return "".join(lines).encode("latin-1")
+
+
+def field_lines(headers: Iterable[tuple[str, str]]) -> bytes:
+    """Header fields as lines, in order, for :func:`serialize_head_around` (a Host field
+    among them would not be moved to the front)."""
+    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+
+
+def serialize_head_around(
+    status_code: int,
+    reason: str,
+    before: Iterable[tuple[str, str]],
+    lines: bytes,
+    after: Iterable[tuple[str, str]],
+) -> bytes:
+    """:func:`serialize_head` of ``before``, the fields laid out in ``lines`` (by
+    :func:`field_lines`; no Host field among them) and ``after``: a head whose middle
+    part repeats is laid out once. ``before`` and ``after`` are the server's own fields
+    (a few sets, remembered), not the application's."""
+    return b"".join((f"HTTP/1.1 {status_code} {reason}\r\n".encode("latin-1"),
+                     _known_lines(tuple(before)), lines, _known_lines(tuple(after)), b"\r\n"))
+
+
+# Header lines of the server's own small sets of fields (Server and Date, Transfer-Encoding
+# and Connection), laid out once: the same few sets go out with every response. Bounded:
+# the date changes every second.
+_LINES: dict[tuple[tuple[str, str], ...], bytes] = {}
+_MAX_LINES: Final = 64
+
+
+def _known_lines(fields: tuple[tuple[str, str], ...]) -> bytes:
+    lines = _LINES.get(fields)
+    if lines is None:
+        lines = field_lines(fields)
+        if len(_LINES) >= _MAX_LINES:
+            _LINES.clear()
+        _LINES[fields] = lines
+    return lines
 
 
 #: The interim answer to ``Expect: 100-continue``.

@@ -68,6 +68,12 @@ class RequestHooks(Protocol):
 
     def pre_request(self, req: RequestInfo) -> None: ...
 
+    def pre_request_wanted(self) -> bool:
+        """False if :meth:`pre_request` would do nothing (Gunicorn's default hook, which
+        only writes a debug line, with debug logging off): it is then not called, and the
+        request's :class:`RequestInfo` is not built for it."""
+        ...
+
     def post_request(
         self, req: RequestInfo, environ: dict[str, Any], resp: ResponseInfo
     ) -> None: ...

@@ -27,6 +27,9 @@ _SPOOL_IN_MEMORY = 1024 * 1024
 class BodyReader:
     """The body of one request. Created with the request; nothing carries over to the next."""
 
+    # Slots: made for every connection or request; their attributes are read throughout.
+    __slots__ = ("body", "conn", "continue_due", "error")
+
     def __init__(self, conn: ConnectionLoop, request: ParsedRequest, body: RequestBody) -> None:
         self.conn = conn
         self.body = body

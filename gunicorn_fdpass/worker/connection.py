@@ -93,6 +93,10 @@ def _address(get: Any) -> Address:
 class ConnectionLoop:
     """The state of one connection across its requests, and the loop that serves them."""
 
+    # Slots: made for every connection or request; their attributes are read throughout.
+    __slots__ = ("_server_addr", "app", "buf", "client_addr", "config", "eof", "hooks", "linger",
+                 "log", "policy", "proxy", "rules", "transport", "trusted")
+
     def __init__(
         self,
         sock: socket.socket,

@@ -28,6 +28,9 @@ __all__ = ["RequestCycle"]
 class RequestCycle:
     """The request-response cycle of one request (the connection state stays in ``conn``)."""
 
+    # Slots: made for every connection or request; their attributes are read throughout.
+    __slots__ = ("_req", "after", "conn", "facts", "reader", "request", "response")
+
     def __init__(self, conn: ConnectionLoop, request: ParsedRequest, body: RequestBody) -> None:
         self.conn = conn
         self.request = request
@@ -36,10 +39,21 @@ class RequestCycle:
                                    request.must_close)
         self.after = After.CONTINUE
         self.response: Response | None = None
+        self._req: RequestInfo | None = None
 
     def run(self, served: int) -> Next:
         """Serve the request; say what happens to the connection next (``served``: requests
         served on it so far, this one included)."""
+        try:
+            return self._run(served)
+        finally:
+            # The response's starter holds our write(), a reference cycle: dropping the
+            # response breaks it, so that everything of the request is freed at once by
+            # reference counting rather than left to the garbage collector, whose passes
+            # (triggered by what is left) cost every request.
+            self.response = None
+
+    def _run(self, served: int) -> Next:
         conn = self.conn
         started = time.monotonic()
         try:
@@ -82,7 +96,6 @@ class RequestCycle:
         conn = self.conn
         config = conn.config
         request = self.request
-        req = self._request_info()
         wsgi_input: Any = spooled
         if spooled is None:
             wsgi_input = InputStream(self.reader.read_chunk, on_first_read=self._first_read)
@@ -111,18 +124,18 @@ class RequestCycle:
             unread_body=self.reader.forbids_reuse, write=self._write,
         )
         try:
-            self._run_app(environ, req, resp)
+            self._run_app(environ, resp)
         finally:
             flush = getattr(wsgi_errors, "flush", None)
             if flush is not None:
                 flush()
-            self._report(req, environ, resp, started)
+            self._report(environ, resp, started)
 
-    def _report(self, req: RequestInfo, environ: dict[str, Any], resp: Response,
-                started: float) -> None:
+    def _report(self, environ: dict[str, Any], resp: Response, started: float) -> None:
         conn = self.conn
         if not conn.hooks.access_wanted():
             return
+        req = self._request_info()
         info = resp.final_info()
         try:
             conn.hooks.post_request(req, environ, info)
@@ -137,12 +150,14 @@ class RequestCycle:
             except Exception:
                 conn.log.exception("Error in access hook")
 
-    def _run_app(self, environ: dict[str, Any], req: RequestInfo, resp: Response) -> None:
+    def _run_app(self, environ: dict[str, Any], resp: Response) -> None:
         log = self.conn.log
+        hooks = self.conn.hooks
         result: Iterable[bytes] | None = None
         try:
             try:
-                self.conn.hooks.pre_request(req)
+                if hooks.pre_request_wanted():
+                    hooks.pre_request(self._request_info())
                 result = self.conn.app(environ, resp.starter.start_response)
                 if not (isinstance(result, FileWrapper) and self._sendfile(resp, result)):
                     # A list or tuple is all there at once, so joining its pieces costs no
@@ -153,7 +168,7 @@ class RequestCycle:
                         if resp.body(chunk) or not in_memory:
                             self._flush()
                 resp.finish()
-                self._flush()
+                self._flush(last=True)
             finally:
                 if result is not None:
                     self._close_iterable(result)
@@ -169,7 +184,7 @@ class RequestCycle:
             elif exc.status_hint is not None:
                 self._send_error(resp, exc.status_hint)
         except Exception:
-            log.exception("Error handling request %s", req.uri)
+            log.exception("Error handling request %s", self.request.target)
             if resp.committed:
                 self._abort()
             else:
@@ -195,13 +210,19 @@ class RequestCycle:
         resp.body(data)
         self._flush()
 
-    def _flush(self) -> None:
-        """Send what the response queued; ClientGone if the client cannot be sent to."""
+    def _flush(self, last: bool = False) -> None:
+        """Send what the response queued; ClientGone if the client cannot be sent to.
+        ``last``: the response is complete; when the connection ends after it anyway, the
+        end of our side goes out with its last bytes (Transport.send_last)."""
         resp = self.response
         assert resp is not None
         data = resp.take()
         if data:
-            self.conn.transport.sendall(data)
+            conn = self.conn
+            if last and closes(self.facts, conn.policy, self.after):
+                conn.transport.send_last(data)
+            else:
+                conn.transport.sendall(data)
         resp.sent()
 
     def _sendfile(self, resp: Response, wrapper: FileWrapper) -> bool:
@@ -251,4 +272,10 @@ class RequestCycle:
         self.reader.send_continue(response_begun=resp is not None and resp.committed)
 
     def _request_info(self) -> RequestInfo:
-        return request_info(self.request, self.conn.config.url_scheme, self.conn.client_addr)
+        """What the hooks and the access log see of the request: made once, when one of
+        them wants it (the default hooks, with the access log off, do not)."""
+        req = self._req
+        if req is None:
+            req = self._req = request_info(self.request, self.conn.config.url_scheme,
+                                           self.conn.client_addr)
+        return req

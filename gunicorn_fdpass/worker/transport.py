@@ -32,6 +32,9 @@ LINGER_SECONDS: Final = 1.0
 
 # Plain ints: combining socket's IntFlag members costs a Python call each time.
 _DONTWAIT: Final = int(socket.MSG_DONTWAIT)
+# "More data follows": the kernel holds a partly filled segment instead of sending it; the
+# shutdown() that follows adds the FIN to it and sends both. Not on every system (0: none).
+_MORE: Final = int(getattr(socket, "MSG_MORE", 0))
 _POLLIN: Final = select.POLLIN
 _POLLOUT: Final = select.POLLOUT
 
@@ -43,7 +46,7 @@ class ClientGone(FdpassError):
 class Transport:
     """One client socket. The first failed send makes it dead for good."""
 
-    __slots__ = ("dead", "plain", "shut", "sock", "timeout")
+    __slots__ = ("dead", "fin_sent", "plain", "shut", "sock", "timeout")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -51,6 +54,7 @@ class Transport:
         self.plain = not isinstance(sock, ssl.SSLSocket)
         self.dead = False  # a send failed: the connection can carry nothing more
         self.shut = False  # already shut down
+        self.fin_sent = False  # our sending side is shut (send_last), the rest of finish() not
         self.timeout: float | None = None  # seconds a read or send may wait (None: forever)
 
     def set_timeout(self, timeout: float | None) -> None:
@@ -111,6 +115,28 @@ class Transport:
         except OSError as exc:
             self.dead = True
             raise ClientGone(str(exc) or type(exc).__name__) from exc
+
+    def send_last(self, data: bytes) -> None:
+        """Send all of ``data``, the last bytes of the connection, and shut our sending side
+        at once (the rest of :meth:`finish` still follows). The FIN then leaves in the
+        segment that ends the data instead of in one of its own: one packet fewer for both
+        ends to process. :class:`ClientGone` as :meth:`sendall`."""
+        if not self.plain or self.dead or self.shut or not _MORE:
+            self.sendall(data)
+            return
+        try:
+            sent = self.sock.send(data, _DONTWAIT | _MORE)
+            if sent < len(data):
+                self._send_rest(memoryview(data)[sent:])
+        except OSError as exc:
+            self.dead = True
+            raise ClientGone(str(exc) or type(exc).__name__) from exc
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.shut = True  # as finish() after a failed shutdown: nothing more to do
+            return
+        self.fin_sent = True
 
     def _send_rest(self, view: memoryview) -> None:
         """What one send could not take, waiting for room; the timeout bounds the whole
@@ -176,10 +202,11 @@ class Transport:
             return
         self.shut = True
         sock = self.sock
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
+        if not self.fin_sent:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                return
         if not self.plain or client_done:
             return
         deadline = time.monotonic() + linger

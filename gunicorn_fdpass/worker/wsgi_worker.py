@@ -78,6 +78,7 @@ class Worker(LinkedWorker):
         heartbeat_every = min(1.0, (self.timeout or 0.5) / 2)
         next_heartbeat = 0.0
         next_channel_read = 0.0
+        channel_fd = self.channel.fileno()
         try:
             self.channel.send(messages.Hello(self.capacity, os.getpid()))
             while self.alive:
@@ -89,9 +90,12 @@ class Worker(LinkedWorker):
                         self.log.info("Parent changed, shutting down: %s", self)
                         break
                 for key, _ in selector.select(self.timeout or 0.5):
-                    if key.fd == self.PIPE[0]:
+                    if key.fd == channel_fd:
+                        # Only when it has something: most wake-ups are a handoff, and a
+                        # read that finds nothing costs a system call and an exception.
+                        self._read_channel()
+                    elif key.fd == self.PIPE[0]:
                         self._drain_wakeup_pipe()
-                self._read_channel()
                 # Read a handoff only when a slot is free (one thread: after serving the last
                 # one): until then it stays in the inbox, where the master can take it back.
                 while self.alive and (received := self.inbox.recv()) is not None:
@@ -115,7 +119,8 @@ class Worker(LinkedWorker):
                             next_channel_read = now + _CHANNEL_READ_EVERY
                     else:
                         in_flight.add(pool.submit(self._serve, message, received.fd))
-                in_flight = {f for f in in_flight if not f.done()}
+                if in_flight:
+                    in_flight = {f for f in in_flight if not f.done()}
             # Handoffs still unread in the inbox were never read: the master takes them back.
             self.channel.send(messages.Draining())
             self._finish(in_flight)
@@ -174,7 +179,9 @@ class Worker(LinkedWorker):
             if isinstance(outcome, Idle) and len(outcome.leftover) <= messages.MAX_PAYLOAD:
                 # The master still has its copy of the fd: only the message travels.
                 client.close()
-                self.channel.send(messages.Park(conn_id, outcome.leftover, client.family))
+                # The master's family when it sent one: socket.family makes an enum each time.
+                family = handoff.family or client.family
+                self.channel.send(messages.Park(conn_id, outcome.leftover, family))
             else:
                 client.close()
                 self.channel.send(messages.Done(conn_id))
@@ -222,9 +229,13 @@ class Worker(LinkedWorker):
         self._post_request_set = hook is None or self._post_request is not hook.default
 
     def pre_request(self, req: RequestInfo) -> None:
-        if self._pre_request_default and not self._debug_logged():
-            return  # Gunicorn's default hook only writes a debug line
-        self._pre_request(self, req)
+        if self.pre_request_wanted():
+            self._pre_request(self, req)
+
+    def pre_request_wanted(self) -> bool:
+        """False for Gunicorn's default hook, which only writes a debug line, while debug
+        logging is off."""
+        return not self._pre_request_default or self._debug_logged()
 
     def _debug_logged(self) -> bool:
         error_log = getattr(self.log, "error_log", None)

@@ -2,7 +2,7 @@
 without a socket (the writer is sans-IO: the driver takes its bytes).
 
 The wire-level behaviour is covered through serve_connection (tests/worker/test_connection.py,
-test_http_conformance.py); these pin the decision table of ``Response._final_headers``.
+test_http_conformance.py); these pin the decision table of ``Response._server_fields``.
 """
 
 from __future__ import annotations

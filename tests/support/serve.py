@@ -83,6 +83,9 @@ class FakeHooks:
     def pre_request(self, req: RequestInfo) -> None:
         self.pre.append(req)
 
+    def pre_request_wanted(self) -> bool:
+        return True
+
     def post_request(self, req: RequestInfo, environ: dict[str, Any], resp: ResponseInfo) -> None:
         self.post.append((req, environ, resp))
         if self.post_raises:

@@ -141,3 +141,41 @@ def test_finish_lingers_until_the_client_stops_sending(
     transport.finish(client_done=False, linger=5.0)
     sender.join()
     assert time.monotonic() - started < 4  # returned at the client's EOF, not the deadline
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    yield server, client
+    server.close()
+    client.close()
+
+
+def test_send_last_sends_everything_then_the_end_of_our_side(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    # MSG_MORE holds the last segment for the shutdown() that follows at once, so that the
+    # FIN goes out with the data: the client gets all of it, then EOF, before finish().
+    server, client = tcp_pair
+    client.sendall(b"unread request bytes")
+    transport = _transport(server)
+    transport.send_last(b"response")
+    client.settimeout(2)
+    received = bytearray()
+    while chunk := client.recv(100):
+        received += chunk
+    assert bytes(received) == b"response"
+    transport.finish(client_done=False)  # still drops what the client sent
+    assert transport.recv_now(100) is None
+
+
+def test_send_last_on_a_failed_connection_raises(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, _ = tcp_pair
+    transport = _transport(server)
+    transport.abort()
+    with pytest.raises(ClientGone):
+        transport.send_last(b"response")
