@@ -89,30 +89,6 @@ def peers(client: Address, server: Address, proxy: ProxyInfo | None) -> Peers:
     return Peers(_client(client, proxy), scope_address(server))
 
 
-def _common(request: ParsedRequest, ends: Peers, root_path: str,
-            state: dict[str, Any] | None) -> Scope:
-    path = request.path
-    version = request.version
-    scope: Scope = {
-        "asgi": ASGI_VERSION,
-        "http_version": _VERSIONS.get(version) or f"{version[0]}.{version[1]}",
-        # Percent-decoded, UTF-8 decoded (ASGI); a byte sequence that is not UTF-8 becomes
-        # U+FFFD, and raw_path keeps the exact bytes.
-        "path": unquote(path, errors="replace") if "%" in path else path,
-        "raw_path": path.encode("latin-1"),
-        "query_string": request.query.encode("latin-1"),
-        "root_path": (request.script_name if request.script_name is not None
-                      else root_path).rstrip("/"),
-        "headers": _headers(request),
-        "client": ends.client,
-        "server": ends.server,
-    }
-    if state is not None:
-        # A shallow copy per request (lifespan spec): one request's keys never reach another.
-        scope["state"] = state.copy()
-    return scope
-
-
 def http_scope(request: ParsedRequest, *, client: Address, server: Address,
                proxy: ProxyInfo | None, url_scheme: str, root_path: str,
                state: dict[str, Any] | None) -> Scope:
@@ -127,8 +103,8 @@ def request_http_scope(request: ParsedRequest, ends: Peers, *, url_scheme: str,
     worker calls for every request)."""
     path = request.path
     version = request.version
-    # One literal with every key (the same values as _common's): a dict grown key by key
-    # past its first size is resized, on every request.
+    # One literal with every key: a dict grown key by key past its first size is resized,
+    # on every request.
     scope: Scope = {
         "type": "http",
         "asgi": ASGI_VERSION,
@@ -145,7 +121,8 @@ def request_http_scope(request: ParsedRequest, ends: Peers, *, url_scheme: str,
         "server": ends.server,
     }
     if state is not None:
-        scope["state"] = state.copy()  # see _common
+        # A shallow copy per request (lifespan spec): one request's keys never reach another.
+        scope["state"] = state.copy()
     return scope
 
 
@@ -153,9 +130,11 @@ def websocket_scope(request: ParsedRequest, *, client: Address, server: Address,
                     proxy: ProxyInfo | None, url_scheme: str, root_path: str,
                     state: dict[str, Any] | None) -> Scope:
     """The ``websocket`` scope of an upgrade request (scheme ``ws`` or ``wss``)."""
-    scope = _common(request, peers(client, server, proxy), root_path, state)
+    scope = request_http_scope(request, peers(client, server, proxy), url_scheme=url_scheme,
+                               root_path=root_path, state=state)
+    del scope["method"]  # the websocket scope has none
     scope["type"] = "websocket"
-    scope["scheme"] = "wss" if (request.scheme or url_scheme) == "https" else "ws"
+    scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
     protocols = [
         token.strip(" \t")
         for name, value in request.headers if name == "SEC-WEBSOCKET-PROTOCOL"

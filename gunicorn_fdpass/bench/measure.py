@@ -98,6 +98,9 @@ class Headline:
     key: str
     #: Shown in the table but left out of the progress lines (the CPU figures).
     detail: bool = False
+    #: Shown as a ratio against the baseline. Not the master's own figures: the baseline's
+    #: master (``sync``'s, ``asgi``'s) accepts nothing, so its CPU is a stray tick or none.
+    compare: bool = True
 
     def value(self, metrics: Mapping[str, Any]) -> float | None:
         """The number at :attr:`key` in ``metrics``, or None if absent."""
@@ -243,12 +246,15 @@ def cpu_headlines(per_connection: bool) -> tuple[Headline, ...]:
     per connection) or per request (keep-alive), the workers' and both together per request,
     and the rate the master's cost alone would allow."""
     unit = "conn/s" if per_connection else "req/s"
-    master = (Headline("master CPU per conn", "us", "lower", "cpu.master_us_per_conn", True)
+    master = (Headline("master CPU per conn", "us", "lower", "cpu.master_us_per_conn", True,
+                       compare=False)
               if per_connection else
-              Headline("master CPU per req", "us", "lower", "cpu.master_us_per_req", True))
+              Headline("master CPU per req", "us", "lower", "cpu.master_us_per_req", True,
+                       compare=False))
     return (
         master,
         Headline("worker CPU per req", "us", "lower", "cpu.worker_us_per_req", True),
         Headline("total CPU per req", "us", "lower", "cpu.server_us_per_req", True),
-        Headline("master ceiling", unit, "higher", "cpu.master_ceiling_per_s", True),
+        Headline("master ceiling", unit, "higher", "cpu.master_ceiling_per_s", True,
+                 compare=False),
     )

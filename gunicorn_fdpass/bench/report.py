@@ -90,7 +90,7 @@ def table_rows(scenarios: Sequence[Scenario], results: Sequence[RunResult],
                                         if (r := ratio(v, b)) is not None]
                                 for label in labels}
             rows.append(Row(scenario.name, h.metric, h.unit, h.better, values, round_ratios,
-                            failures or None, skipped or None))
+                            failures or None, skipped or None, h.compare))
     return rows
 
 
@@ -188,13 +188,16 @@ def _table_entry(row: Row, baseline: str) -> dict[str, Any]:
         entry["failures"] = dict(row.failures)
     if row.skipped:
         entry["skipped"] = dict(row.skipped)
+    if not row.compare:
+        entry["compare"] = False
     return entry
 
 
 def rows_from_report(doc: dict[str, Any]) -> list[Row]:
     """Rebuild the table rows from a report (e.g. one read back from JSON)."""
     return [Row(t["scenario"], t["metric"], t["unit"], t["better"], t["values"],
-                t.get("round_ratios"), t.get("failures"), t.get("skipped"))
+                t.get("round_ratios"), t.get("failures"), t.get("skipped"),
+                t.get("compare", True))
             for t in doc["table"]]
 
 

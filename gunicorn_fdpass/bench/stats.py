@@ -112,7 +112,8 @@ class Row:
     taken within one round are what stays comparable on a noisy machine. ``failures`` maps
     the workers whose scenario failed in every round to the failure shown in their cells;
     ``skipped`` the workers that did not run at all to what their cells say instead
-    (``not installed``).
+    (``not installed``). ``compare`` False: the row has no ratios (see
+    :attr:`~.measure.Headline.compare`).
     """
 
     scenario: str
@@ -123,10 +124,13 @@ class Row:
     round_ratios: Mapping[str, Sequence[float]] | None = None
     failures: Mapping[str, str] | None = None
     skipped: Mapping[str, str] | None = None
+    compare: bool = True
 
     def ratios(self, baseline: str) -> dict[str, float | None]:
         """Each worker's value divided by the baseline worker's value (with rounds: the
         median of the per-round ratios)."""
+        if not self.compare:
+            return dict.fromkeys(self.values)
         if self.round_ratios is not None:
             return {label: median(self.round_ratios.get(label, ())) for label in self.values}
         base = self.values.get(baseline)
@@ -134,7 +138,7 @@ class Row:
 
     def ratio_range(self, label: str) -> tuple[float, float] | None:
         """Lowest and highest per-round ratio of ``label``; None without rounds."""
-        per_round = (self.round_ratios or {}).get(label)
+        per_round = (self.round_ratios or {}).get(label) if self.compare else None
         return (min(per_round), max(per_round)) if per_round else None
 
 

@@ -384,11 +384,16 @@ def check_report(doc: dict[str, Any], scenarios: list[str], labels: list[str]) -
         assert sum(m["statuses"].values()) == m["requests"]
     assert doc["table"]
     for row in doc["table"]:
-        assert set(row) == {"scenario", "metric", "unit", "better", "values", "ratios"}
+        master_row = row["metric"].startswith("master")
+        assert set(row) == {"scenario", "metric", "unit", "better", "values", "ratios"} | (
+            {"compare"} if master_row else set())
         assert row["better"] in ("higher", "lower")
         assert list(row["values"]) == labels and list(row["ratios"]) == labels
         base = row["values"]["sync"]
-        if base:
+        if master_row:
+            # sync's master accepts nothing: no ratio against its stray ticks.
+            assert row["compare"] is False and set(row["ratios"].values()) == {None}
+        elif base:
             assert row["ratios"]["sync"] == pytest.approx(1.0)
             for label in labels:
                 v = row["values"][label]
