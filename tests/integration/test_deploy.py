@@ -181,8 +181,11 @@ def test_systemd_socket_activation(tmp_path: Path) -> None:
         resp = request(port, "GET", "/")
         assert resp.status == 200
         _worker_of(resp.header("X-Worker-Pid"), workers)
-        # Gunicorn moved it off fd 3 (dup, close): the same socket, and no other.
-        assert tcp_socket_inodes(srv.master_pid) == {inode}
+        # Gunicorn moved it off fd 3 (dup, close): the same socket, and no other. (The
+        # master's copy of the answered connection goes once the worker's Done arrives,
+        # which may be just after the response and its FIN reached us.)
+        assert poll(lambda: tcp_socket_inodes(srv.master_pid) == {inode}), (
+            tcp_socket_inodes(srv.master_pid), inode)
         for pid in workers:
             assert inode not in socket_inodes(pid).values()
     finally:
