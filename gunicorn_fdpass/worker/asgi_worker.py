@@ -23,7 +23,6 @@ least-busy rule puts every new connection on the worker with the fewest open con
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import socket
@@ -43,7 +42,6 @@ from ..gunicorn_settings import http_config
 from ..http.keep_alive import After
 from ..link import messages
 from ..link.channel import socket_from_fd
-from .api import RequestInfo
 from .linked import LinkedWorker
 
 __all__ = ["ASGIWorker"]
@@ -83,8 +81,6 @@ class ASGIWorker(LinkedWorker):
         self._empty: asyncio.Future[None] | None = None
         self._deadline: float | None = None  # when WebSockets get 1001
         self._next_notify = 0.0
-        self._post_request_set = False
-        self._pre_request_default = False
         #: Done messages of connections that ended in this turn of the loop, sent together at
         #: its end (see ended()).
         self._done: list[int] = []
@@ -137,11 +133,6 @@ class ASGIWorker(LinkedWorker):
         self.config = asgi_config(self.cfg, self.http, own.asgi_idle)
         if self.cfg.is_ssl:
             self._ssl_context = gunicorn_sock.ssl_context(self.cfg)
-        settings = getattr(self.cfg, "settings", {})
-        hook = settings.get("post_request")
-        self._post_request_set = hook is not None and self.cfg.post_request is not hook.default
-        hook = settings.get("pre_request")
-        self._pre_request_default = hook is not None and self.cfg.pre_request is hook.default
         self._stopped = loop.create_future()
         self._tick()
         lifespan = Lifespan(self.wsgi, self.log)
@@ -353,22 +344,6 @@ class ASGIWorker(LinkedWorker):
 
     def stopping(self) -> bool:
         return self._closing or not self.alive
-
-    def access_wanted(self) -> bool:
-        return bool(self.log.access_log_enabled) or self._post_request_set
-
-    def pre_request_wanted(self) -> bool:
-        return not self._pre_request_default or self._debug_logged()
-
-    def pre_request(self, req: RequestInfo) -> None:
-        if self._pre_request_default and not self._debug_logged():
-            return  # Gunicorn's default hook only writes a debug line
-        self.cfg.pre_request(self, req)
-
-    def _debug_logged(self) -> bool:
-        error_log = getattr(self.log, "error_log", None)
-        return not isinstance(error_log, logging.Logger) or error_log.isEnabledFor(
-            logging.DEBUG)
 
     def hand_back(self, conn: AsgiConnection, leftover: bytes) -> bool:
         if self._master_gone:

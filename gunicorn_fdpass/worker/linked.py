@@ -9,6 +9,7 @@ both connection loops call the same way.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from datetime import timedelta
@@ -56,6 +57,13 @@ class LinkedWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type
         self.board = ends.board  # how much work waits in the master
         self.capacity = self.announced_capacity()
         self._closing = False  # the master said the server is stopping
+        # Gunicorn's hooks, and which are its defaults: read once (a reload starts new
+        # workers), so that a request does not look them up in cfg.
+        self._pre_request: Any = None
+        self._pre_request_default = False
+        self._post_request: Any = None
+        self._post_request_set = True
+        self._learn_hooks()
 
     def announced_capacity(self) -> int:
         """The connections this worker serves at once, announced to the master."""
@@ -89,9 +97,37 @@ class LinkedWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type
         """Work that arrived earlier waits (in the master's queue or as a reserve)."""
         return self.board.waiting() > 0
 
+    def pre_request(self, req: RequestInfo) -> None:
+        if self.pre_request_wanted():
+            self._pre_request(self, req)
+
+    def pre_request_wanted(self) -> bool:
+        """False for Gunicorn's default hook, which only writes a debug line, while debug
+        logging is off."""
+        return not self._pre_request_default or self._debug_logged()
+
+    def access_wanted(self) -> bool:
+        """The access log is on (Gunicorn's logger says so; a logger without the flag is
+        asked every time), or a ``post_request`` hook is set."""
+        return bool(getattr(self.log, "access_log_enabled", True)) or self._post_request_set
+
     def post_request(self, req: RequestInfo, environ: dict[str, Any], resp: ResponseInfo) -> None:
-        self.cfg.post_request(self, req, environ, resp)
+        self._post_request(self, req, environ, resp)
 
     def access(self, resp: ResponseInfo, req: RequestInfo, environ: dict[str, Any],
                request_time: timedelta) -> None:
         self.log.access(resp, req, environ, request_time)
+
+    def _learn_hooks(self) -> None:
+        settings = getattr(self.cfg, "settings", {})
+        self._pre_request = self.cfg.pre_request
+        self._post_request = self.cfg.post_request
+        hook = settings.get("pre_request")
+        self._pre_request_default = hook is not None and self._pre_request is hook.default
+        hook = settings.get("post_request")
+        self._post_request_set = hook is None or self._post_request is not hook.default
+
+    def _debug_logged(self) -> bool:
+        error_log = getattr(self.log, "error_log", None)
+        return not isinstance(error_log, logging.Logger) or error_log.isEnabledFor(
+            logging.DEBUG)

@@ -11,7 +11,6 @@ It implements the
 
 from __future__ import annotations
 
-import logging
 import os
 import selectors
 import socket
@@ -30,7 +29,7 @@ from ..errors import PeerGone
 from ..gunicorn_settings import http_config
 from ..link import messages
 from ..link.channel import socket_from_fd
-from .api import After, Closed, Idle, RequestInfo, ResponseInfo
+from .api import After, Closed, Idle
 from .connection import serve_connection
 from .linked import LinkedWorker
 
@@ -49,13 +48,6 @@ class Worker(LinkedWorker):
         self._nr_lock = threading.Lock()
         self._ssl_context: ssl.SSLContext | None = None
         self._wsgi_errors: WSGIErrorsWrapper | None = None
-        # Which of Gunicorn's hooks are its defaults: read once in run() (a reload starts
-        # new workers), so that a request does not look them up in cfg.
-        self._pre_request: Any = None
-        self._pre_request_default = False
-        self._post_request: Any = None
-        self._post_request_set = True
-        self._learn_hooks()
 
     def announced_capacity(self) -> int:
         return max(1, int(self.cfg.threads))
@@ -218,39 +210,6 @@ class Worker(LinkedWorker):
         """Gunicorn's USR1: reopen the log files; wsgi.errors then writes to the new ones."""
         super().handle_usr1(sig, frame)
         self._wsgi_errors = None
-
-    def _learn_hooks(self) -> None:
-        settings = getattr(self.cfg, "settings", {})
-        self._pre_request = self.cfg.pre_request
-        self._post_request = self.cfg.post_request
-        hook = settings.get("pre_request")
-        self._pre_request_default = hook is not None and self._pre_request is hook.default
-        hook = settings.get("post_request")
-        self._post_request_set = hook is None or self._post_request is not hook.default
-
-    def pre_request(self, req: RequestInfo) -> None:
-        if self.pre_request_wanted():
-            self._pre_request(self, req)
-
-    def pre_request_wanted(self) -> bool:
-        """False for Gunicorn's default hook, which only writes a debug line, while debug
-        logging is off."""
-        return not self._pre_request_default or self._debug_logged()
-
-    def _debug_logged(self) -> bool:
-        error_log = getattr(self.log, "error_log", None)
-        return not isinstance(error_log, logging.Logger) or error_log.isEnabledFor(
-            logging.DEBUG)
-
-    def access_wanted(self) -> bool:
-        """The access log is on (Gunicorn's logger says so; a logger without the flag is
-        asked every time), or a ``post_request`` hook is set."""
-        return bool(getattr(self.log, "access_log_enabled", True)) or self._post_request_set
-
-    def post_request(self, req: RequestInfo, environ: dict[str, Any],
-                     resp: ResponseInfo) -> None:
-        self._post_request(self, req, environ, resp)
-
 
 
 __all__ = ["Worker"]

@@ -1,5 +1,6 @@
-"""ASGIWorker.pre_request: Gunicorn's default hook (a debug line) is skipped unless debug
-lines are logged; any other hook always runs."""
+"""pre_request of both worker classes (LinkedWorker's, tested through ASGIWorker): Gunicorn's
+default hook (a debug line) is skipped unless debug lines are logged; any other hook always
+runs."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ def worker(*, custom: bool, level: str) -> tuple[Any, list[str]]:
     handler = logging.Handler()
     handler.emit = lambda record: calls.append(record.getMessage())  # type: ignore[method-assign]
     log.error_log.addHandler(handler)
-    default = cfg.settings["pre_request"].default
-    fake = SimpleNamespace(cfg=cfg, log=log, _pre_request_default=cfg.pre_request is default)
+    fake = SimpleNamespace(cfg=cfg, log=log)
+    ASGIWorker._learn_hooks(fake)  # what the worker reads from cfg when it is made
     fake._debug_logged = lambda: ASGIWorker._debug_logged(fake)
+    fake.pre_request_wanted = lambda: ASGIWorker.pre_request_wanted(fake)
     return fake, calls
 
 
