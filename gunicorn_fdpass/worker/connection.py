@@ -132,11 +132,6 @@ class ConnectionLoop:
             addr = self._server_addr = _address(self.transport.sock.getsockname)
         return addr
 
-    @property
-    def server_addr(self) -> Address:
-        """The socket's own address (see :meth:`server_address`)."""
-        return self.server_address()
-
     def run(self, prefix: bytes) -> Closed | Idle:
         """Serve requests until the connection ends or goes back to the master."""
         try:

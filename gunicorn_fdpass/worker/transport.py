@@ -103,18 +103,7 @@ class Transport:
 
     def sendall(self, data: bytes) -> None:
         """Send all of ``data``; :class:`ClientGone` if the connection failed, now or before."""
-        if self.dead:
-            raise ClientGone("connection already failed")
-        try:
-            if not self.plain:
-                self.sock.sendall(data)
-                return
-            sent = self.sock.send(data, _DONTWAIT)
-            if sent < len(data):
-                self._send_rest(memoryview(data)[sent:])
-        except OSError as exc:
-            self.dead = True
-            raise ClientGone(str(exc) or type(exc).__name__) from exc
+        self._send(data, _DONTWAIT)
 
     def send_last(self, data: bytes) -> None:
         """Send all of ``data``, the last bytes of the connection, and shut our sending side
@@ -124,19 +113,29 @@ class Transport:
         if not self.plain or self.dead or self.shut or not _MORE:
             self.sendall(data)
             return
-        try:
-            sent = self.sock.send(data, _DONTWAIT | _MORE)
-            if sent < len(data):
-                self._send_rest(memoryview(data)[sent:])
-        except OSError as exc:
-            self.dead = True
-            raise ClientGone(str(exc) or type(exc).__name__) from exc
+        self._send(data, _DONTWAIT | _MORE)
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self.shut = True  # as finish() after a failed shutdown: nothing more to do
             return
         self.fin_sent = True
+
+    def _send(self, data: bytes, flags: int) -> None:
+        """All of ``data``, the first send with ``flags`` (a plain socket); ClientGone as
+        :meth:`sendall`."""
+        if self.dead:
+            raise ClientGone("connection already failed")
+        try:
+            if not self.plain:
+                self.sock.sendall(data)
+                return
+            sent = self.sock.send(data, flags)
+            if sent < len(data):
+                self._send_rest(memoryview(data)[sent:])
+        except OSError as exc:
+            self.dead = True
+            raise ClientGone(str(exc) or type(exc).__name__) from exc
 
     def _send_rest(self, view: memoryview) -> None:
         """What one send could not take, waiting for room; the timeout bounds the whole
