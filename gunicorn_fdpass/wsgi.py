@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import IO, Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
+from .http.memo import remember
 from .http.request_rules import ParsedRequest
 
 __all__ = [
@@ -148,10 +149,7 @@ def _environ_key(name: str) -> str:
         key = name.replace("-", "_")
     else:
         key = "HTTP_" + name.replace("-", "_")
-    if len(_ENVIRON_KEYS) >= _MAX_ENVIRON_KEYS:
-        _ENVIRON_KEYS.clear()
-    _ENVIRON_KEYS[name] = key
-    return key
+    return remember(_ENVIRON_KEYS, name, key, _MAX_ENVIRON_KEYS)
 
 
 def _server_name(server: Address) -> tuple[str, str]:
@@ -231,10 +229,8 @@ def build_environ(
     if host:
         split = _HOSTS.get((host, default_port))
         if split is None:
-            split = _split_host(host, default_port)
-            if len(_HOSTS) >= _MAX_HOSTS:
-                _HOSTS.clear()
-            _HOSTS[host, default_port] = split
+            split = remember(_HOSTS, (host, default_port), _split_host(host, default_port),
+                             _MAX_HOSTS)
         environ["SERVER_NAME"], environ["SERVER_PORT"] = split
     else:
         environ["SERVER_NAME"], environ["SERVER_PORT"] = _server_name(
@@ -368,9 +364,7 @@ def validate_status(status: object) -> tuple[int, str]:
         raise ValueError(f"invalid status line {status!r}")
     parsed = int(match.group(1)), match.group(2) or ""
     if type(status) is str:
-        if len(_VALID_STATUSES) >= _MAX_VALID_STATUSES:
-            _VALID_STATUSES.clear()
-        _VALID_STATUSES[status] = parsed
+        remember(_VALID_STATUSES, status, parsed, _MAX_VALID_STATUSES)
     return parsed
 
 
@@ -407,13 +401,9 @@ def validate_headers(headers: object) -> list[tuple[str, str]]:
             raise ValueError(f"hop-by-hop header {name!r} is not allowed from a WSGI application")
         checked.append((name, value))
         if type(name) is str and type(value) is str:  # str subclasses may compare oddly
-            if len(valid) >= _MAX_VALID_HEADERS:
-                valid.clear()
-            valid[(name, value)] = None
+            remember(valid, (name, value), None, _MAX_VALID_HEADERS)
     if all(type(item) is tuple and item in valid for item in checked):
-        if len(_VALID_LISTS) >= _MAX_VALID_LISTS:
-            _VALID_LISTS.clear()
-        _VALID_LISTS[tuple(checked)] = tuple(checked)
+        remember(_VALID_LISTS, tuple(checked), tuple(checked), _MAX_VALID_LISTS)
     return checked
 
 

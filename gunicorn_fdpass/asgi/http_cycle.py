@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..http.body_framing import RequestBody
 from ..http.keep_alive import After, Next, closes, connection_tokens, decide, request_facts
+from ..http.memo import remember
 from ..http.request_rules import ParsedRequest, Rejected
 from ..http.response import Abort, Response
 from ..http.serialize import CONTINUE
@@ -75,10 +76,7 @@ def _name_text(name: object) -> str:
     text = name.decode("latin-1")
     if text.lower() in HOP_BY_HOP:
         text = ""
-    if len(_NAMES) >= _MAX_NAMES:
-        _NAMES.clear()
-    _NAMES[bytes(name)] = text
-    return text
+    return remember(_NAMES, bytes(name), text, _MAX_NAMES)
 
 
 def _check_value(name: object, value: object) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Final, NamedTuple
 from urllib.parse import unquote
 
+from ..http.memo import remember
 from ..http.proxy_protocol import ProxyInfo
 from ..http.request_rules import ParsedRequest
 from ..wsgi import Address, build_environ
@@ -62,11 +63,7 @@ _MAX_NAMES: Final = 512
 
 
 def _asgi_name(name: str) -> bytes:
-    asgi = name.lower().encode("latin-1")
-    if len(_NAMES) >= _MAX_NAMES:
-        _NAMES.clear()
-    _NAMES[name] = asgi
-    return asgi
+    return remember(_NAMES, name, name.lower().encode("latin-1"), _MAX_NAMES)
 
 
 def _headers(request: ParsedRequest) -> list[tuple[bytes, bytes]]:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from .memo import remember
 from .request_rules import TOKEN, ParsedRequest, Rejected, RequestRules
 
 __all__ = ["FORBIDDEN_TRAILERS", "apply_fields", "check_trailer", "split_block"]
@@ -49,11 +50,8 @@ _MAX_NAMES: Final = 512
 
 def _remember(raw_name: bytes) -> tuple[str, bool]:
     name = raw_name.decode("latin-1").upper()
-    known = (name, name in _SPECIAL or "_" in name)
-    if len(_NAMES) >= _MAX_NAMES:
-        _NAMES.clear()
-    _NAMES[bytes(raw_name)] = known
-    return known
+    return remember(_NAMES, bytes(raw_name), (name, name in _SPECIAL or "_" in name),
+                    _MAX_NAMES)
 
 
 def split_block(block: bytes, rules: RequestRules) -> list[tuple[bytes, bytes]]:

@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import Any, Final
 
 from ..errors import FdpassError
+from .memo import remember
 
 __all__ = [
     "AddressAllowList",
@@ -83,10 +84,8 @@ class AddressAllowList:
             return self._decide(host)
         decision = self._decisions.get(host)
         if decision is None:
-            decision = self._decide(host)
-            if len(self._decisions) >= _MAX_REMEMBERED_PEERS:
-                self._decisions.clear()
-            self._decisions[host] = decision
+            decision = remember(self._decisions, host, self._decide(host),
+                                _MAX_REMEMBERED_PEERS)
         return decision
 
     def _decide(self, host: Any) -> bool:

@@ -33,6 +33,7 @@ from typing import Any, Final
 from ..errors import FdpassError
 from ..wsgi import ResponseStarter, WriteCallable
 from .keep_alive import After, Facts, Policy, closes
+from .memo import remember
 from .request_rules import ParsedRequest
 from .serialize import error_message, field_lines, http_date, serialize_head, serialize_head_around
 
@@ -135,10 +136,7 @@ def _app_fields(app_headers: list[tuple[str, str]], code: int) -> _AppFields:
         pairs.append((name, value))
     wire = None if has_host else field_lines(pairs)
     fields = _AppFields(tuple(pairs), content_length, app_close, has_date, has_server, wire)
-    if len(_APP_FIELDS) >= _MAX_APP_FIELDS:
-        _APP_FIELDS.clear()
-    _APP_FIELDS[key] = fields
-    return fields
+    return remember(_APP_FIELDS, key, fields, _MAX_APP_FIELDS)
 
 
 def _chunk(data: bytes) -> list[bytes]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Final
 
+from .memo import remember
+
 __all__ = [
     "CONTINUE",
     "ErrorMessage",
@@ -107,10 +109,7 @@ _MAX_LINES: Final = 64
 def _known_lines(fields: tuple[tuple[str, str], ...]) -> bytes:
     lines = _LINES.get(fields)
     if lines is None:
-        lines = field_lines(fields)
-        if len(_LINES) >= _MAX_LINES:
-            _LINES.clear()
-        _LINES[fields] = lines
+        lines = remember(_LINES, fields, field_lines(fields), _MAX_LINES)
     return lines
 
 
