@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..http.body_framing import RequestBody
 from ..http.keep_alive import After, Next, closes, connection_tokens, decide, request_facts
 from ..http.memo import remember
-from ..http.request_rules import ParsedRequest, Rejected
+from ..http.request_rules import TOKEN, ParsedRequest, Rejected
 from ..http.response import Abort, Response
 from ..http.serialize import CONTINUE
 from ..worker.api import RequestInfo, request_info
@@ -63,7 +63,7 @@ def response_headers(headers: Any) -> list[tuple[str, str]]:
 #: be anything.
 _NAMES: dict[bytes, str] = {}
 _MAX_NAMES: Final = 512
-_TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_RE: Final = re.compile(TOKEN)  # a field name (RFC 9110 5.1), as requests check it
 #: A field value: visible latin-1 characters, space and tab (CR or LF would split the head).
 _VALUE_RE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
