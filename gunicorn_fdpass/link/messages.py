@@ -11,7 +11,7 @@ in its channel; see :mod:`~gunicorn_fdpass.master.links`)::
     master                          worker
       | <-------- Hello(capacity) ----- |   once, when the worker is ready
       | --- Handoff(id, prefix) + fd -> |   the master may take it back while unread
-      | <-------- Done(id) ------------ |   the worker closed the connection, or
+      | <-------- Done(id, ...) ------- |   the worker closed the connection(s), or
       | <----- Park(id, leftover) ----- |   the connection is idle: the master, which kept
       |                                 |   its copy of the fd, watches it again
       | <-------- Refused(id) --------- |   the fd did not arrive (instead of the above)
@@ -93,9 +93,20 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """Worker -> master: ``conn_id`` is finished and closed; one slot is free again."""
+    """Worker -> master: ``conn_id`` (and each of ``more``) is finished and closed; as many
+    slots are free again. ``more`` lets a worker that ended several connections in one turn
+    of its loop say so in one message (the payload: 8 bytes per id)."""
 
     conn_id: int
+    more: tuple[int, ...] = ()
+
+    def ids(self) -> tuple[int, ...]:
+        """Every connection this message ends."""
+        return (self.conn_id, *self.more)
+
+
+#: Most connection ids one ``Done`` carries.
+MAX_DONE: Final = 1 + MAX_PAYLOAD // 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +161,10 @@ def encode(message: Message) -> bytes:
         kind, conn_id = Kind.REFUSED, message.conn_id
     elif isinstance(message, Done):
         kind, conn_id = Kind.DONE, message.conn_id
+        if message.more:
+            if not all(0 <= more <= _MAX_U64 for more in message.more):
+                raise ProtocolError(f"connection id out of range in {message.more}")
+            payload = struct.pack(f"!{len(message.more)}Q", *message.more)
     elif isinstance(message, Park):
         kind, conn_id, payload = Kind.PARK, message.conn_id, message.leftover
         value = message.family
@@ -169,6 +184,13 @@ def encode(message: Message) -> bytes:
 _KINDS: Final = {kind.value: kind for kind in Kind}
 
 
+def more_ids(payload: bytes) -> tuple[int, ...]:
+    """The further connection ids of a ``Done`` payload."""
+    if len(payload) % 8:
+        raise ProtocolError(f"DONE payload of {len(payload)} bytes is not a list of ids")
+    return struct.unpack(f"!{len(payload) // 8}Q", payload) if payload else ()
+
+
 def decode(datagram: bytes) -> Message:
     """Parse one datagram; raise :class:`ProtocolError` if it is not a valid message."""
     if len(datagram) < HEADER_SIZE:
@@ -180,7 +202,7 @@ def decode(datagram: bytes) -> Message:
     kind = _KINDS.get(raw_kind)  # a dict lookup: calling the enum costs more per message
     if kind is None:
         raise ProtocolError(f"unknown message kind {raw_kind}")
-    if payload and kind not in (Kind.HANDOFF, Kind.PARK):
+    if payload and kind not in (Kind.HANDOFF, Kind.PARK, Kind.DONE):
         raise ProtocolError(f"{kind.name} carries no payload, got {len(payload)} bytes")
     if kind is Kind.HELLO:
         if value == 0:
@@ -191,7 +213,7 @@ def decode(datagram: bytes) -> Message:
     if kind is Kind.REFUSED:
         return Refused(conn_id)
     if kind is Kind.DONE:
-        return Done(conn_id)
+        return Done(conn_id, more_ids(payload))
     if kind is Kind.PARK:
         return Park(conn_id, payload, value)
     if kind is Kind.DRAINING:

@@ -200,10 +200,19 @@ class Links:
         table = self._table
         scheduler = self._scheduler
         for data, fd, lost in batch:
-            if data[0] == _DONE and len(data) == messages.HEADER_SIZE and fd < 0:
+            if data[0] == _DONE and fd < 0 and len(data) >= messages.HEADER_SIZE:
                 # The most frequent message, parsed here without a message object.
                 scheduler.release(link)
-                table.finished(link, int.from_bytes(data[5:], "big"))
+                table.finished(link, int.from_bytes(data[5:messages.HEADER_SIZE], "big"))
+                if len(data) > messages.HEADER_SIZE:
+                    try:
+                        more = messages.more_ids(data[messages.HEADER_SIZE:])
+                    except ProtocolError as exc:
+                        self._bad_message(link, exc)
+                        return
+                    for conn_id in more:
+                        scheduler.release(link)
+                        table.finished(link, conn_id)
                 continue
             try:
                 message = messages.decode(data)
@@ -237,8 +246,9 @@ class Links:
         message = received.message
         # Most frequent first: every connection ends with a Done or a Park.
         if isinstance(message, messages.Done):
-            self._scheduler.release(link)
-            self._table.finished(link, message.conn_id)
+            for conn_id in message.ids():
+                self._scheduler.release(link)
+                self._table.finished(link, conn_id)
         elif isinstance(message, messages.Park):
             self._on_park(link, message)
         elif isinstance(message, messages.Refused):

@@ -18,6 +18,7 @@ messages = st.one_of(
     st.builds(protocol.Handoff, ids, payloads, st.integers(0, 2**32 - 1)),
     st.builds(protocol.Refused, ids),
     st.builds(protocol.Done, ids),
+    st.builds(protocol.Done, ids, st.lists(ids, max_size=20).map(tuple)),
     st.builds(protocol.Park, ids, payloads, st.integers(0, 2**32 - 1)),
     st.just(protocol.Draining()),
     st.just(protocol.Closing()),
@@ -61,8 +62,20 @@ def test_malformed_datagrams_are_refused(datagram: bytes) -> None:
     protocol.Hello(0, 1),
     protocol.Handoff(-1),
     protocol.Done(2**64),
+    protocol.Done(1, (2, 2**64)),
+    protocol.Done(1, tuple(range(protocol.MAX_DONE))),  # one id too many for a datagram
     protocol.Park(1, b"x" * (protocol.MAX_PAYLOAD + 1)),
 ])
 def test_unencodable_messages_are_refused(message: protocol.Message) -> None:
     with pytest.raises(ProtocolError):
         protocol.encode(message)
+
+
+def test_done_with_more_ids_puts_them_in_its_payload() -> None:
+    """A worker that ended several connections in one turn says so in one message."""
+    message = protocol.Done(1, tuple(range(2, protocol.MAX_DONE + 1)))
+    data = protocol.encode(message)
+    assert len(data) == protocol.MAX_MESSAGE
+    assert data[protocol.HEADER_SIZE:protocol.HEADER_SIZE + 8] == (2).to_bytes(8, "big")
+    assert protocol.decode(data).ids() == tuple(range(1, protocol.MAX_DONE + 1))
+    assert protocol.Done(5).ids() == (5,)

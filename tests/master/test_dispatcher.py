@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -177,6 +178,39 @@ def test_connection_goes_to_worker_and_master_closes_its_copy_after_done(rig: Ri
     assert rig.dispatcher.counts()["busy"] == 0
     client.settimeout(2)
     assert client.recv(1) == b""  # the master closed its copy
+
+
+def test_one_done_can_end_several_connections(rig: Rig) -> None:
+    """An asyncio worker reports every connection that ended in one turn of its loop in one
+    Done: each frees its slot and the master closes each copy."""
+    w = rig.worker(capacity=10)
+    clients = [rig.connect() for _ in range(3)]
+    handed = [recv_until(w, rig) for _ in clients]
+    ids = []
+    for got in handed:
+        assert isinstance(got.message, protocol.Handoff) and got.fd is not None
+        consume_request(got.fd)
+        os.close(got.fd)
+        ids.append(got.message.conn_id)
+    rig.spin()
+    assert rig.dispatcher.counts()["busy"] == 3
+    w.send(protocol.Done(ids[0], tuple(ids[1:])))
+    rig.spin()
+    assert rig.dispatcher.counts()["busy"] == 0
+    for client in clients:
+        client.settimeout(2)
+        assert client.recv(1) == b""  # the master closed its copy
+
+
+def test_a_done_with_a_torn_id_list_drops_the_worker(rig: Rig) -> None:
+    w = rig.worker(capacity=10)
+    rig.connect()
+    got = recv_until(w, rig)
+    assert isinstance(got.message, protocol.Handoff) and got.fd is not None
+    header = struct.pack("!BIQ", protocol.Kind.DONE, 0, got.message.conn_id)
+    os.write(w.channel.fileno(), header + b"\x00" * 5)
+    rig.spin()
+    assert rig.dispatcher.counts()["workers"] == 0
 
 
 def _serve(w: FakeWorker, got: Received) -> None:
