@@ -113,6 +113,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     elif path == "/block":
         time.sleep(float(query.get("s", "1")))
         await _answer(send, b"blocked")
+    elif path == "/big":
+        # A byte pattern whose every 256-byte block is the same: any reordering shows.
+        await _answer(send, bytes(range(256)) * (int(query.get("kib", "1024")) * 4))
     elif path == "/forever":
         await _forever(send, query.get("marker"))
     elif path == "/upload":

@@ -17,6 +17,7 @@ connection after ``FDPASS_ASGI_IDLE``, a stalled client after the I/O timeout).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -31,6 +32,7 @@ from ..http.serialize import error_message
 from ..link.messages import MAX_PAYLOAD
 from .api import WorkerSide
 from .config import AsgiConfig
+from .direct import READ_SIZE, DirectTransport
 from .http_cycle import HttpCycle
 from .scope import Peers, peers
 from .types import ASGIApp, ClientDisconnected
@@ -50,6 +52,10 @@ LOW_WATER: Final = 64 * 1024
 _MAX_DISCARD: Final = 256 * 1024
 #: Seconds we wait for the client's EOF after our FIN before closing anyway.
 _CLOSE_WAIT: Final = 2.0
+#: "More data follows": the kernel holds back the segment of the last write until the
+#: shutdown right after it adds the FIN (not on every system: 0, none).
+_MORE: Final = int(getattr(socket, "MSG_MORE", 0))
+_DONTWAIT_MORE: Final = int(socket.MSG_DONTWAIT) | _MORE
 
 
 class Wait(Enum):
@@ -91,7 +97,8 @@ class AsgiConnection(asyncio.Protocol):
 
     def __init__(self, conn_id: int, family: int, prefix: bytes, app: ASGIApp,
                  config: AsgiConfig, side: WorkerSide, log: Any,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 sock: socket.socket | None = None) -> None:
         self.conn_id = conn_id
         self.family = family
         self.app = app
@@ -103,11 +110,16 @@ class AsgiConnection(asyncio.Protocol):
         self.log = log
         self.buf = bytearray(prefix)  # received, not yet part of a request
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        #: The socket the transport was made from, when the worker gives it: a closing
+        #: connection then shuts it without waiting for the transport (see close).
+        self.sock = sock
+        #: Until the connection first waits: the transport that writes straight to the socket
+        #: (see :mod:`.direct` and :meth:`on_loop`).
+        self.direct: DirectTransport | None = None
+        self._moving: asyncio.Task[None] | None = None
         #: The worker's loop (else the running one, found in connection_made).
         self.loop: asyncio.AbstractEventLoop = cast(asyncio.AbstractEventLoop, loop)
-        #: The peer's and our address; the worker sets them from the socket it hands to the
-        #: loop (fewer system calls than the transport's get_extra_info), else
-        #: connection_made asks the transport.
+        #: The peer's and our address (connection_made asks the transport).
         self.client_addr: Any = None
         self.server_addr: Any = None
         self.trusted = False
@@ -121,6 +133,7 @@ class AsgiConnection(asyncio.Protocol):
         self.gone = False  # the transport is closed (connection_lost)
         self.closing = False  # we are ending it (FIN sent or about to be)
         self.handed_back = False  # it went back to the master with Park
+        self.fin_sent = False  # our FIN left with the last response (write_last)
         self.expired = False  # the current wait lasted too long (see tick)
         self.websocket: WebSocketSession | None = None
         self.cycle: HttpCycle | None = None
@@ -137,14 +150,17 @@ class AsgiConnection(asyncio.Protocol):
     # -- asyncio protocol callbacks ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.direct is not None:
+            return  # the loop's transport, taken over in order by _move
+        if isinstance(transport, DirectTransport):
+            self.direct = transport
         self.transport = cast(asyncio.Transport, transport)
         if self.loop is None:
             # asyncio.get_running_loop() makes a getpid() system call: the worker passes
             # its loop instead.
             self.loop = asyncio.get_running_loop()
-        if self.client_addr is None:
-            self.client_addr = transport.get_extra_info("peername")
-            self.server_addr = transport.get_extra_info("sockname")
+        self.client_addr = transport.get_extra_info("peername")
+        self.server_addr = transport.get_extra_info("sockname")
         self.plain = transport.get_extra_info("sslcontext") is None
         # Per connection, not per request: the peer cannot change.
         self.trusted = self.rules.forwarded_allow.allows(self.client_addr)
@@ -211,13 +227,14 @@ class AsgiConnection(asyncio.Protocol):
                 self.served += 1
                 tokens, websocket = _fields(request)
                 if websocket:
+                    await self.on_loop()  # frames arrive as the loop reads them
                     await self._websocket(head, request)
                     return
-                self.cycle = HttpCycle(self, request, body, tokens)
-                fate = await self.cycle.run()
+                cycle = self.cycle = HttpCycle(self, request, body, tokens)
+                fate = await cycle.run()
                 self.cycle = None
                 if fate is Next.CLOSE:
-                    self.close()
+                    self.close(linger=not cycle.client_finished())
                     return
                 if fate is Next.HAND_BACK:
                     await self.hand_back()
@@ -301,6 +318,9 @@ class AsgiConnection(asyncio.Protocol):
 
     async def wait_readable(self, why: Wait) -> None:
         """Wait for bytes, EOF, the end of the connection, or the end of the wait's time."""
+        if self.direct is not None:
+            await self.on_loop()
+            return  # bytes may have come during the move: the caller looks again
         self.expired = False
         if self._read_paused:
             self._read_paused = False
@@ -336,8 +356,37 @@ class AsgiConnection(asyncio.Protocol):
             raise ClientDisconnected("the client went away")
         self.transport.write(data)
 
+    def write_last(self, data: bytes) -> None:
+        """Write the connection's last bytes (:meth:`close` follows) and, when they all go
+        out at once, our FIN in the same segment: one packet fewer for both ends. Otherwise
+        as :meth:`write`."""
+        sock = self.sock
+        if (sock is None or not _MORE or not self.plain or self.gone or self.closing
+                or self.transport.get_write_buffer_size()):
+            if data:
+                self.write(data)
+            return
+        try:
+            # MSG_MORE holds the segment back; the shutdown adds the FIN to it and sends it.
+            sent = sock.send(data, _DONTWAIT_MORE) if data else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = -1  # the transport finds the same error and ends the connection
+        if sent < len(data):
+            # The rest goes behind what left, through the transport (no early FIN then).
+            self.transport.write(data[sent:] if sent > 0 else data)
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        self.fin_sent = True
+
     async def drain(self) -> None:
         """Wait while the transport's buffer is over its limit (the client reads slowly)."""
+        if self.direct is not None:
+            await self.on_loop()  # it sends what the socket did not take
         if self.write_paused and not self.gone:
             self._drainer = self.loop.create_future()
             try:
@@ -370,6 +419,8 @@ class AsgiConnection(asyncio.Protocol):
         if not (self.policy.parkable and self.plain) or len(leftover) > MAX_PAYLOAD:
             self.close()
             return
+        if self.direct is not None and self.direct.get_write_buffer_size():
+            await self.on_loop()  # it sends what the socket did not take
         transport = self.transport
         transport.pause_reading()
         if transport.get_write_buffer_size():
@@ -391,10 +442,15 @@ class AsgiConnection(asyncio.Protocol):
         else:
             self.close()
 
-    def close(self) -> None:
+    def close(self, linger: bool = True) -> None:
         """End the connection in order: our FIN after the last response, then (unless the
         client already sent EOF) read and drop what it still sends until its EOF, so that
-        closing does not reset the connection under the response."""
+        closing does not reset the connection under the response.
+
+        ``linger=False``: the client said it sends nothing more (its last request asked to
+        close and was read to its end). Then, once the response is out, the FIN goes at once
+        and the connection closes unless bytes are waiting after all, as the WSGI worker
+        does: no wait for the client's EOF."""
         if self.gone or self.closing:
             return
         self.closing = True
@@ -402,13 +458,78 @@ class AsgiConnection(asyncio.Protocol):
         if self.eof or not self.plain or not transport.can_write_eof():
             transport.close()
             return
-        transport.write_eof()
+        if not linger and not self.buf and (self.fin_sent or self._shut_now()):
+            if not self._still_sending():
+                transport.close()
+                return
+        elif not self.fin_sent:
+            transport.write_eof()
+        if self.direct is not None:
+            self.move_soon()  # what the client still sends is read there, until its EOF
         self.buf.clear()
         self._waiting = Wait.CLOSE
         self._read_since = time.monotonic()
         if self._read_paused:
             self._read_paused = False
             transport.resume_reading()
+
+    def _shut_now(self) -> bool:
+        """Our FIN now, on the socket itself (the transport would send it one loop turn
+        later); False if that is not possible here (no socket, a response still queued)."""
+        sock = self.sock
+        if sock is None or self.transport.get_write_buffer_size():
+            return False
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
+
+    def _still_sending(self) -> bool:
+        """After our FIN: does the client still send (bytes already waiting)? Reads once."""
+        sock = self.sock
+        assert sock is not None
+        try:
+            data = sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False  # nothing waiting: the usual case
+        except OSError:
+            return False  # reset: nothing to protect any more
+        if not data:
+            self.eof = True
+            return False
+        self._discarded = len(data)
+        return True
+
+    # -- the move to the event loop ----------------------------------------------------------
+
+    async def on_loop(self) -> None:
+        """Move the connection from its :class:`DirectTransport` to a transport of the event
+        loop (which reads, and waits for room to write); at once if it is there already."""
+        if self.direct is not None:
+            self.move_soon()
+            assert self._moving is not None
+            await asyncio.shield(self._moving)
+
+    def move_soon(self) -> None:
+        """Start the move to the event loop (the direct transport's ``on_blocked``)."""
+        if self._moving is None and self.direct is not None:
+            self._moving = self.loop.create_task(self._move(self.direct))
+
+    async def _move(self, direct: DirectTransport) -> None:
+        sock = self.sock
+        assert sock is not None  # a direct transport is made from it
+        if not direct.begin_move():
+            return  # it ended on the direct transport: connection_lost follows
+        try:
+            transport, _ = await self.loop.connect_accepted_socket(lambda: self, sock)
+        except Exception as exc:  # reset meanwhile
+            self.log.debug("Cannot move a connection to the event loop: %r", exc)
+            direct.move_failed(exc)
+            return
+        self.direct = None
+        self.transport = transport
+        direct.hand_over(self.transport)
 
     def abort(self) -> None:
         """Drop the connection at once: the client sees a truncated response."""

@@ -153,6 +153,17 @@ class HttpCycle:
         return decide(self.facts, conn.policy, self.after, served=conn.served,
                       others_waiting=side.others_waiting())
 
+    def client_finished(self) -> bool:
+        """The client sends nothing more and got its whole answer (the connection then
+        closes without lingering)."""
+        return self.complete and self._client_stops()
+
+    def _client_stops(self) -> bool:
+        """The client sends nothing more: it asked to close, its request was read to its
+        end, and nothing follows it."""
+        return (self.facts.client_close and self.body.done and not self.failed
+                and not self.conn.buf)
+
     def _request_info(self) -> RequestInfo:
         conn = self.conn
         return request_info(self.request, conn.http.url_scheme, conn.client_addr)
@@ -243,6 +254,7 @@ class HttpCycle:
             conn.log.debug("Request body from %s: %s", conn.client_addr, message)
 
     async def _until_over(self) -> None:
+        await self.conn.on_loop()  # the client's EOF is seen there
         if self.complete or self.conn.gone or self.conn.eof:
             return
         self._over = asyncio.get_running_loop().create_future()
@@ -294,7 +306,7 @@ class HttpCycle:
             except Abort:
                 self.aborted = True
                 raise
-            self._flush()
+            self._flush(last=not more and self._client_stops())
             if not more:
                 self.complete = True
                 self._end_wait()
@@ -303,11 +315,15 @@ class HttpCycle:
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} for an HTTP request")
 
-    def _flush(self) -> None:
+    def _flush(self, last: bool = False) -> None:
+        """Write what the response has ready; ``last``: nothing follows on the connection
+        (the FIN may then leave with these bytes)."""
         resp = self.response
         assert resp is not None
         data = resp.take()
-        if data:
+        if last:
+            self.conn.write_last(data)
+        elif data:
             self.conn.write(data)
         resp.sent()
 

@@ -7,10 +7,13 @@ least-busy rule puts every new connection on the worker with the fewest open con
 
 - The inbox is read (``loop.add_reader``) only while the worker has room; each handoff is
   served by an :class:`~gunicorn_fdpass.asgi.connection.AsgiConnection` task (the master
-  keeps its copy of the fd until ``Done`` or ``Park``).
-- A connection that ends sends ``Done``; an idle keep-alive connection goes back to the
-  master with ``Park`` after ``FDPASS_ASGI_IDLE`` seconds without a request (at once while
-  the worker or the server is stopping, or while work waits in the master).
+  keeps its copy of the fd until ``Done`` or ``Park``). A plain connection's request head is
+  read at once and answered on the socket itself; it moves to an event-loop transport only
+  when it has to wait (see :mod:`~gunicorn_fdpass.asgi.direct`).
+- Connections that end send ``Done`` (one message for all that end in one turn of the
+  loop); an idle keep-alive connection goes back to the master with ``Park`` after
+  ``FDPASS_ASGI_IDLE`` seconds without a request (at once while the worker or the server is
+  stopping, or while work waits in the master).
 - A timer callback on the loop itself sends the heartbeat, so ``--timeout`` kills a worker
   whose event loop is blocked; the same callback ends waits that lasted too long.
 - Lifespan startup runs before the worker says ``Hello`` (no connection arrives earlier);
@@ -35,6 +38,7 @@ from gunicorn import sock as gunicorn_sock
 from .. import settings as fdpass_settings
 from ..asgi.config import asgi_config
 from ..asgi.connection import AsgiConnection
+from ..asgi.direct import DirectTransport, ready_bytes
 from ..asgi.lifespan import Lifespan, LifespanFailed
 from ..asgi.loop import new_event_loop
 from ..errors import PeerGone
@@ -213,12 +217,14 @@ class ASGIWorker(LinkedWorker):
         loop.call_later(TICK, self._tick)
 
     def _send_done(self) -> None:
+        """One ``Done`` for the connections that ended in this turn of the loop."""
         done, self._done = self._done, []
-        for conn_id in done:
+        for start in range(0, len(done), messages.MAX_DONE):
             if self._master_gone:
                 return
+            ids = done[start:start + messages.MAX_DONE]
             try:
-                self.channel.send(messages.Done(conn_id))
+                self.channel.send(messages.Done(ids[0], tuple(ids[1:])))
             except PeerGone:
                 self._master_gone = True
 
@@ -305,21 +311,28 @@ class ASGIWorker(LinkedWorker):
     def _start(self, handoff: messages.Handoff, fd: int) -> None:
         assert self.loop is not None
         sock = socket_from_fd(fd, handoff.family)
-        conn = AsgiConnection(handoff.conn_id, handoff.family, handoff.prefix, self.wsgi,
-                              self.config, self, self.log, self.loop)
+        plain = self._ssl_context is None
+        # The master hands over a connection once its request head has arrived: a plain one
+        # is read now, and answered on the socket itself until it has to wait (see
+        # asgi/direct.py).
+        prefix = handoff.prefix + ready_bytes(sock) if plain else handoff.prefix
+        conn = AsgiConnection(handoff.conn_id, handoff.family, prefix, self.wsgi,
+                              self.config, self, self.log, self.loop, sock)
+        if plain:
+            conn.connection_made(DirectTransport(sock, conn, self.loop, conn.move_soon))
+            serving = conn.serve()
+        else:
+            serving = self._serve_tls(conn, sock)
         self.connections.add(conn)
-        task = self.loop.create_task(self._serve(conn, sock))
+        task = self.loop.create_task(serving)
         self._tasks.add(task)  # the loop keeps only weak references to its tasks
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, conn: AsgiConnection, sock: socket.socket) -> None:
+    async def _serve_tls(self, conn: AsgiConnection, sock: socket.socket) -> None:
         loop = self.loop
         assert loop is not None
         try:
-            # Two system calls where the transport's get_extra_info makes three (uvloop).
             # The loop makes the socket non-blocking itself.
-            conn.client_addr = sock.getpeername()
-            conn.server_addr = sock.getsockname()
             await loop.connect_accepted_socket(lambda: conn, sock, ssl=self._ssl_context)
         except Exception as exc:  # a failed TLS handshake, a socket already reset
             self.log.debug("Cannot start serving a connection: %r", exc)

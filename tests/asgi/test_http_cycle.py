@@ -19,6 +19,8 @@ from gunicorn_fdpass.http.request_rules import AddressAllowList
 from tests.support.asgi_serve import Client, FakeSide, request, serve_asgi
 from tests.support.serve import FakeLog, make_config
 
+pytestmark = pytest.mark.usefixtures("connection_start")
+
 Scope = dict[str, Any]
 
 
@@ -478,3 +480,53 @@ def test_a_connection_given_the_workers_loop_does_not_look_it_up(
         assert conn.loop is loop and conn.client_addr == ("10.0.0.1", 1)
     finally:
         loop.close()
+
+
+def test_a_client_done_with_its_connection_is_not_waited_for() -> None:
+    """After the answer to a request that asked to close and was read to its end, the
+    connection ends at once, as in the WSGI worker: the client owes no EOF (before, the
+    connection waited up to 2 s for it, holding its place in the worker)."""
+    side = FakeSide()
+
+    async def client(c: Client) -> None:
+        await c.send(request("/", headers={"Connection": "close"}))
+        assert (await c.response()).status == 200
+        assert await c.read_to_eof() == b""
+        await asyncio.wait_for(side.ended_event.wait(), 1.0)  # the client still holds on
+
+    served = run(serve_asgi(hello, client, side=side, hang_up=False))
+    assert served.side.ended_handed_back == [False]
+
+
+def test_bytes_behind_a_closing_request_make_the_close_linger() -> None:
+    """What the client sent past its ``Connection: close`` request is read and dropped until
+    its EOF: closing over unread bytes would reset the connection under the response."""
+    async def client(c: Client) -> None:
+        await c.send(request("/", headers={"Connection": "close"}) + request("/again"))
+        assert (await c.response()).status == 200
+        assert await c.read_to_eof() == b""  # the second request is not answered
+
+    served = run(serve_asgi(hello, client))
+    assert served.side.started == 1 and served.side.parked == []
+
+
+def test_a_large_response_to_a_slow_reader_arrives_whole_and_the_connection_goes_on() -> None:
+    """Far more than the socket takes at once: the direct transport hands the rest to the
+    loop's, in order, and the next request on the connection is served there."""
+    big = bytes(range(256)) * (16 * 1024)  # 4 MiB, past any socket buffer
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        body = big if scope["path"] == "/big" else b"small"
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def client(c: Client) -> None:
+        await c.send(request("/big"))
+        assert (await c.response()).body == big
+        await c.send(request("/small"))
+        assert (await c.response()).body == b"small"
+
+    served = run(serve_asgi(app, client))
+    assert served.conn.direct is None  # it moved to the loop
+    assert served.side.started == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -19,6 +20,8 @@ from wsproto.events import (
 )
 
 from tests.support.asgi_serve import Client, request, serve_asgi
+
+pytestmark = pytest.mark.usefixtures("connection_start")
 
 Scope = dict[str, Any]
 

@@ -120,7 +120,7 @@ def test_scope_fields_root_path_forwarded_proto_and_access_log(
     assert scope["scheme"] == "https" and scope["root_path"] == "/mount"  # type: ignore[index]
     assert scope["path"] == "/scope" and scope["query_string"] == "q=1"  # type: ignore[index]
     assert scope["client"][0] == "127.0.0.1" and scope["http_version"] == "1.1"  # type: ignore[index]
-    # Both addresses come from the handed-over socket (the worker asks it, not the transport).
+    # Both addresses are those of the handed-over socket.
     assert scope["server"] == ["127.0.0.1", srv.port]  # type: ignore[index]
     assert isinstance(scope["client"][1], int)  # type: ignore[index]
     assert poll(lambda: access.exists() and '"GET /scope?q=1 HTTP/1.1" 200' in access.read_text())
@@ -207,3 +207,33 @@ def test_tls_is_served_with_the_https_scheme(make_server: Callable[..., Gunicorn
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close" in head
     assert json.loads(body)["scheme"] == "https"
+
+
+def test_a_client_done_with_its_connection_holds_no_place_in_the_worker(
+        make_server: Callable[..., GunicornServer]) -> None:
+    """One worker with room for one connection. A client that asked to close and got its
+    answer, but keeps its socket open, is not waited for: the next client is served at once
+    (before, the worker waited up to 2 s for the first client's EOF)."""
+    srv = make_server(app="tests.asgi_apps:app", worker_class=ASGI, workers=1,
+                      args=["--worker-connections", "1"])
+    with srv.connect() as first:
+        answer = first.request("GET", "/", {"Host": "x", "Connection": "close"})
+        assert answer.status == 200 and answer.body == b"hello"
+        assert first.sock.recv(1) == b""  # our FIN came with (or right after) the answer
+        with srv.connect(timeout=1.0) as second:  # well under the old 2 s wait
+            assert second.request("GET", "/", {"Host": "x"}).status == 200
+
+
+def test_a_large_answer_to_a_slow_reader_arrives_whole_and_keep_alive_goes_on(
+        make_server: Callable[..., GunicornServer]) -> None:
+    """8 MiB to a client with a small receive buffer: the worker's first send cannot take
+    it all, so the connection moves to the event loop mid-answer; the bytes arrive in order
+    and the next request on the connection is served."""
+    srv = make_server(app="tests.asgi_apps:app", worker_class=ASGI, workers=1)
+    with srv.connect(timeout=30) as conn:
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        big = conn.request("GET", "/big?kib=8192", {"Host": "x"})
+        assert big.status == 200 and big.body == bytes(range(256)) * (8192 * 4)
+        again = conn.request("GET", "/pid", {"Host": "x"})
+        assert again.status == 200 and again.header("X-Worker-Pid") == big.header(
+            "X-Worker-Pid")

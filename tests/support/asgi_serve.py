@@ -16,6 +16,7 @@ import h11
 
 from gunicorn_fdpass.asgi.config import AsgiConfig
 from gunicorn_fdpass.asgi.connection import AsgiConnection
+from gunicorn_fdpass.asgi.direct import DirectTransport
 from gunicorn_fdpass.http.keep_alive import After
 from gunicorn_fdpass.http.response import ResponseInfo
 from gunicorn_fdpass.worker.api import RequestInfo
@@ -151,6 +152,18 @@ class Client:
 
 
 @dataclass
+class Start:
+    """How :func:`serve_asgi` starts its connection: on the direct transport, as the worker
+    does for a plain connection, or on the loop's transport at once (as under TLS)."""
+
+    direct: bool = True
+
+
+#: Set per test by the ``connection_start`` fixture (tests/asgi/conftest.py).
+START = Start()
+
+
+@dataclass
 class Served:
     side: FakeSide
     log: FakeLog
@@ -174,8 +187,14 @@ async def serve_asgi(app: Any, client: Callable[[Client], Awaitable[None]], *,
     side.master_copy = os.dup(server_sock.fileno())
     config = AsgiConfig(http=make_config(**http), idle=idle, keepalive=2.0,
                         ws_max_message=ws_max_message, root_path=root_path)
-    conn = AsgiConnection(7, server_sock.family, prefix, app, config, side, log)
-    await loop.connect_accepted_socket(lambda: conn, server_sock)
+    conn = AsgiConnection(7, server_sock.family, prefix, app, config, side, log,
+                          sock=server_sock)
+    if START.direct:
+        # As the worker starts a plain connection (asgi/direct.py): the first wait for the
+        # client's bytes moves it to the loop.
+        conn.connection_made(DirectTransport(server_sock, conn, loop, conn.move_soon))
+    else:
+        await loop.connect_accepted_socket(lambda: conn, server_sock)
     served = loop.create_task(conn.serve())
 
     async def ticker() -> None:
