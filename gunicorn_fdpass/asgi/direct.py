@@ -4,8 +4,8 @@ The master hands a connection over once its request head has arrived, and the AS
 reads that head at once (:func:`ready_bytes`). Most answers then go out in one non-blocking
 send, and a client that asked to close needs nothing more. For such a connection an
 event-loop transport is pure cost: its creation, its poll registration, the reads and
-callbacks of its end (measured in docs/benchmarks.md: about a quarter of the worker's CPU per
-connection).
+callbacks of its end (docs/benchmarks.md, "ASGI: one request per connection", has the
+system calls and the CPU before and after).
 
 So a plain connection starts on a :class:`DirectTransport`, which writes straight to the
 socket and reads nothing. The first time the connection has to wait (for bytes from the
