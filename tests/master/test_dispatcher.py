@@ -58,6 +58,7 @@ class Rig:
         self.dispatcher = Dispatcher(log, DispatchSettings(**values), clock=self.clock)
         self.dispatcher.set_listeners([self.listener])
         self.clients: list[socket.socket] = []
+        self.workers: list[FakeWorker] = []
         self.pids = 4242
 
     def worker(self, capacity: int = 1) -> FakeWorker:
@@ -66,6 +67,7 @@ class Rig:
         # The child's own copies: the master closes its copy of the channel end and keeps its
         # copy of the inbox end.
         worker = FakeWorker(_dup(ends.channel), _dup(ends.inbox))
+        self.workers.append(worker)
         self.dispatcher.after_fork_in_parent()
         self.pids += 1
         worker.send(protocol.Hello(capacity, self.pids))
@@ -95,6 +97,8 @@ class Rig:
         self.listener.close()
         for c in self.clients:
             c.close()
+        for w in self.workers:
+            w.close()
 
 
 class FakeWorker:
