@@ -201,18 +201,20 @@ class Links:
         scheduler = self._scheduler
         for data, fd, lost in batch:
             if data[0] == _DONE and fd < 0 and len(data) >= messages.HEADER_SIZE:
-                # The most frequent message, parsed here without a message object.
-                scheduler.release(link)
-                table.finished(link, int.from_bytes(data[5:messages.HEADER_SIZE], "big"))
+                # The most frequent message, parsed here without a message object; a torn
+                # list of further ids is refused before any of them is acted on.
+                more: tuple[int, ...] = ()
                 if len(data) > messages.HEADER_SIZE:
                     try:
                         more = messages.more_ids(data[messages.HEADER_SIZE:])
                     except ProtocolError as exc:
                         self._bad_message(link, exc)
                         return
-                    for conn_id in more:
-                        scheduler.release(link)
-                        table.finished(link, conn_id)
+                scheduler.release(link)
+                table.finished(link, int.from_bytes(data[5:messages.HEADER_SIZE], "big"))
+                for conn_id in more:
+                    scheduler.release(link)
+                    table.finished(link, conn_id)
                 continue
             try:
                 message = messages.decode(data)
