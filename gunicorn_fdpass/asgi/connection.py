@@ -32,7 +32,7 @@ from ..http.serialize import error_message
 from ..link.messages import MAX_PAYLOAD
 from .api import WorkerSide
 from .config import AsgiConfig
-from .direct import READ_SIZE, DirectTransport
+from .direct import DirectTransport, ready_bytes, send_last, shut_write
 from .http_cycle import HttpCycle
 from .scope import Peers, peers
 from .types import ASGIApp, ClientDisconnected
@@ -52,10 +52,6 @@ LOW_WATER: Final = 64 * 1024
 _MAX_DISCARD: Final = 256 * 1024
 #: Seconds we wait for the client's EOF after our FIN before closing anyway.
 _CLOSE_WAIT: Final = 2.0
-#: "More data follows": the kernel holds back the segment of the last write until the
-#: shutdown right after it adds the FIN (not on every system: 0, none).
-_MORE: Final = int(getattr(socket, "MSG_MORE", 0))
-_DONTWAIT_MORE: Final = int(socket.MSG_DONTWAIT) | _MORE
 
 
 class Wait(Enum):
@@ -361,27 +357,15 @@ class AsgiConnection(asyncio.Protocol):
         out at once, our FIN in the same segment: one packet fewer for both ends. Otherwise
         as :meth:`write`."""
         sock = self.sock
-        if (sock is None or not _MORE or not self.plain or self.gone or self.closing
+        if (sock is None or not self.plain or self.gone or self.closing
                 or self.transport.get_write_buffer_size()):
             if data:
                 self.write(data)
             return
-        try:
-            # MSG_MORE holds the segment back; the shutdown adds the FIN to it and sends it.
-            sent = sock.send(data, _DONTWAIT_MORE) if data else 0
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = -1  # the transport finds the same error and ends the connection
+        sent, self.fin_sent = send_last(sock, data)
         if sent < len(data):
             # The rest goes behind what left, through the transport (no early FIN then).
             self.transport.write(data[sent:] if sent > 0 else data)
-            return
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
-        self.fin_sent = True
 
     async def drain(self) -> None:
         """Wait while the transport's buffer is over its limit (the client reads slowly)."""
@@ -477,29 +461,17 @@ class AsgiConnection(asyncio.Protocol):
         """Our FIN now, on the socket itself (the transport would send it one loop turn
         later); False if that is not possible here (no socket, a response still queued)."""
         sock = self.sock
-        if sock is None or self.transport.get_write_buffer_size():
-            return False
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return False
-        return True
+        return (sock is not None and not self.transport.get_write_buffer_size()
+                and shut_write(sock))
 
     def _still_sending(self) -> bool:
         """After our FIN: does the client still send (bytes already waiting)? Reads once."""
         sock = self.sock
         assert sock is not None
-        try:
-            data = sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False  # nothing waiting: the usual case
-        except OSError:
-            return False  # reset: nothing to protect any more
-        if not data:
-            self.eof = True
-            return False
-        self._discarded = len(data)
-        return True
+        # b"": nothing waiting (the usual case), the client's EOF, or a reset: in each, the
+        # connection can close now.
+        self._discarded = len(ready_bytes(sock))
+        return self._discarded > 0
 
     # -- the move to the event loop ----------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gunicorn_fdpass.asgi.direct import DirectTransport
+from gunicorn_fdpass.asgi.direct import DirectTransport, send_last
 
 
 class Recorder(asyncio.Protocol):
@@ -206,3 +206,17 @@ def test_tcp_gets_nodelay_before_a_second_write() -> None:
         for s in (client, server, listener):
             s.close()
         loop.close()
+
+
+def test_send_last_sends_the_data_then_our_fin(rig: Rig) -> None:
+    assert send_last(rig.server, b"bye") == (3, True)
+    assert rig.client.recv(10) == b"bye"
+    assert rig.client.recv(10) == b""
+
+
+def test_send_last_of_more_than_the_socket_takes_sends_no_fin(rig: Rig) -> None:
+    big = rig.fill()
+    sent, fin = send_last(rig.server, big)
+    assert 0 < sent < len(big) and not fin  # the caller's transport sends the rest
+    rig.client.close()
+    assert send_last(rig.server, b"x") == (0, False)  # a failed socket: nothing sent
