@@ -100,10 +100,6 @@ class Done:
     conn_id: int
     more: tuple[int, ...] = ()
 
-    def ids(self) -> tuple[int, ...]:
-        """Every connection this message ends."""
-        return (self.conn_id, *self.more)
-
 
 #: Most connection ids one ``Done`` carries.
 MAX_DONE: Final = 1 + MAX_PAYLOAD // 8

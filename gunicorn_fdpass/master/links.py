@@ -197,8 +197,6 @@ class Links:
             self.log.error("worker %s channel failed (%s); dropping it", link.pid, exc)
             self.worker_gone(link)
             return
-        table = self._table
-        scheduler = self._scheduler
         for data, fd, lost in batch:
             if data[0] == _DONE and fd < 0 and len(data) >= messages.HEADER_SIZE:
                 # The most frequent message, parsed here without a message object; a torn
@@ -210,11 +208,7 @@ class Links:
                     except ProtocolError as exc:
                         self._bad_message(link, exc)
                         return
-                scheduler.release(link)
-                table.finished(link, int.from_bytes(data[5:messages.HEADER_SIZE], "big"))
-                for conn_id in more:
-                    scheduler.release(link)
-                    table.finished(link, conn_id)
+                self._finished(link, int.from_bytes(data[5:messages.HEADER_SIZE], "big"), more)
                 continue
             try:
                 message = messages.decode(data)
@@ -248,9 +242,7 @@ class Links:
         message = received.message
         # Most frequent first: every connection ends with a Done or a Park.
         if isinstance(message, messages.Done):
-            for conn_id in message.ids():
-                self._scheduler.release(link)
-                self._table.finished(link, conn_id)
+            self._finished(link, message.conn_id, message.more)
         elif isinstance(message, messages.Park):
             self._on_park(link, message)
         elif isinstance(message, messages.Refused):
@@ -265,6 +257,16 @@ class Links:
             self.take_back(link)  # it will read no more: others serve them now
         else:
             self._on_unexpected(link, received)
+
+    def _finished(self, link: WorkerLink, conn_id: int, more: tuple[int, ...]) -> None:
+        """A Done: each connection's slot is free, and the master closes its copy."""
+        scheduler = self._scheduler
+        table = self._table
+        scheduler.release(link)
+        table.finished(link, conn_id)
+        for other in more:
+            scheduler.release(link)
+            table.finished(link, other)
 
     def _on_park(self, link: WorkerLink, message: messages.Park) -> None:
         self._scheduler.release(link)
