@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .compiled import extensions_disabled, prefer_sources
+
+if extensions_disabled():
+    prefer_sources()  # before any other module of the package loads
+
 if TYPE_CHECKING:
     from .worker import ASGIWorker, Worker
 

@@ -411,14 +411,14 @@ class ResponseStarter:
     """Holds the response status and headers of one request and implements PEP 3333's
     ``start_response`` rules.
 
-    ``write`` is the I/O layer's implementation of the ``write()`` callable; ``headers_sent``
-    tells whether the status line and headers have already left for the client (after which
-    they can no longer be replaced, even with ``exc_info``).
+    ``write`` is the I/O layer's implementation of the ``write()`` callable. The I/O layer
+    sets :attr:`headers_sent` once the status line and headers are fixed for the client (after
+    which they can no longer be replaced, even with ``exc_info``).
     """
 
-    def __init__(self, write: WriteCallable, headers_sent: Callable[[], bool]) -> None:
+    def __init__(self, write: WriteCallable) -> None:
         self._write = write
-        self._headers_sent = headers_sent
+        self.headers_sent = False
         self.status: str | None = None
         self.status_code = 0
         self.reason = ""
@@ -439,7 +439,7 @@ class ResponseStarter:
         """PEP 3333 ``start_response``: record status and headers, return ``write``."""
         if exc_info is not None:
             try:
-                if self._headers_sent():
+                if self.headers_sent:
                     # Too late to change the response: let the error propagate to the server.
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:

@@ -263,12 +263,17 @@ def check_installed(bin_dir: Path, where: Path) -> None:
     out = run([str(bin_dir / "python"), "-c",
                "import json, importlib.metadata as m, gunicorn_fdpass as g; "
                "from gunicorn_fdpass.master import fastpath as f; "
+               "from gunicorn_fdpass.asgi import connection; "
+               "from gunicorn_fdpass.compiled import compiled_modules as c; "
                "print(json.dumps([g.__version__, m.version('gunicorn-fdpass'), g.__file__, "
-               "f.COMPILED]))"],
+               "f.COMPILED, c()]))"],
               cwd=where, env=plain_env())
-    reported, metadata, location, compiled = json.loads(out)
+    reported, metadata, location, compiled, modules = json.loads(out)
     assert reported == metadata == source_version(), (reported, metadata)
     assert compiled, "the master's C core was not built or not installed"
+    # The HTTP layer compiled with mypyc (setup.py's MYPYC), a few of its modules.
+    assert {"gunicorn_fdpass.http.request_head", "gunicorn_fdpass.asgi.connection"} <= set(
+        modules), f"the HTTP layer was not compiled or not installed: {modules}"
     assert Path(location).is_relative_to(bin_dir.parent), f"imported from {location}"
 
 

@@ -347,7 +347,6 @@ def test_matches_bytesio(body: bytes, cuts: list[int], ops: list[tuple[str, int 
 
 class Sent:
     def __init__(self) -> None:
-        self.value = False
         self.written: list[bytes] = []
 
     def write(self, data: bytes) -> None:
@@ -356,7 +355,7 @@ class Sent:
 
 def starter() -> tuple[ResponseStarter, Sent]:
     sent = Sent()
-    return ResponseStarter(sent.write, lambda: sent.value), sent
+    return ResponseStarter(sent.write), sent
 
 
 def test_start_response_records_and_returns_write() -> None:
@@ -393,9 +392,9 @@ def test_exc_info_before_headers_sent_replaces_response() -> None:
 
 
 def test_exc_info_after_headers_sent_reraises() -> None:
-    rs, sent = starter()
+    rs, _ = starter()
     rs.start_response("200 OK", [])
-    sent.value = True
+    rs.headers_sent = True
     info = exc_info()
     with pytest.raises(ValueError, match="app failure") as caught:
         rs.start_response("500 Internal Server Error", [], info)

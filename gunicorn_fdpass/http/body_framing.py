@@ -18,7 +18,7 @@ Errors raise :class:`~gunicorn_fdpass.http.request_rules.Rejected` with the stat
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final, cast
 
 import h11
 
@@ -118,9 +118,10 @@ class RequestBody:
             elif check is not None and type(event) is h11.Data and event.chunk_end:
                 check.at_boundary = True  # next: the CRLF after the data, then a size line
             if type(event) is h11.Data:
-                if event.data:
-                    self.received += len(event.data)
-                    return bytes(event.data)
+                data = _data(event)
+                if data:
+                    self.received += len(data)
+                    return bytes(data)
                 continue
             if type(event) is h11.EndOfMessage:
                 self.done = True
@@ -149,6 +150,13 @@ class RequestBody:
         return bytes(conn.trailing_data[0])
 
 
+def _data(event: h11.Data) -> bytes | bytearray:
+    """A Data event's bytes, read untyped: h11 hands out a bytearray where its type says
+    bytes, which the compiled module (mypyc) would refuse."""
+    data: bytes | bytearray = cast(Any, event).data
+    return data
+
+
 class _ChunkCheck:
     """Gunicorn's rules for the chunk-size lines and trailer section h11 consumed.
 
@@ -169,7 +177,7 @@ class _ChunkCheck:
     def after_event(self, consumed: bytes, event: object, pending: bytes) -> None:
         self._raw += consumed
         if type(event) is h11.Data:
-            header = bytes(self._raw[self._skip : len(self._raw) - len(event.data)])
+            header = bytes(self._raw[self._skip : len(self._raw) - len(_data(event))])
             self._size_line(header)
             self._raw.clear()
             self._skip = 2

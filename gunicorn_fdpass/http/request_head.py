@@ -145,8 +145,9 @@ def _h11_event(data: bytes, conn: h11.Connection | None) -> h11.Request:
             conn.receive_data(data)
             event = conn.next_event()
         else:
-            assert _H11_HEAD_READER is not None  # else _parse made a connection
-            read, buffer_type = _H11_HEAD_READER
+            reader = _H11_HEAD_READER
+            assert reader is not None  # else _parse made a connection
+            read, buffer_type = reader
             buffer = buffer_type()
             buffer += data
             event = read(buffer)
@@ -182,8 +183,9 @@ def _head_reader() -> tuple[Callable[[Any], object], Callable[[], Any]] | None:
     return maybe_read_from_IDLE_client, ReceiveBuffer
 
 
-#: h11's head reader and buffer (None: every head goes through an h11 connection).
-_H11_HEAD_READER: Final = _head_reader()
+#: h11's head reader and buffer (None: every head goes through an h11 connection). Not
+#: ``Final``, so that it is looked up at each use, compiled or not (a test replaces it).
+_H11_HEAD_READER = _head_reader()
 
 
 def _check_raw_block(block: bytes, rules: RequestRules) -> None:

@@ -25,7 +25,6 @@ The response is reported as a :class:`ResponseInfo`, which the hooks and the acc
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -66,11 +65,6 @@ class Abort(FdpassError):
 def _asked() -> bool:
     """What ``unread_body`` becomes once asked (the head is written only once)."""
     return True
-
-
-def _committed(response: weakref.ref[Response]) -> bool:
-    this = response()
-    return this is None or this.committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +154,7 @@ class Response:
 
     # Slots: a response is made for every request, and its attributes are read and set
     # throughout it.
-    __slots__ = ("__weakref__", "_body_bytes", "_pending", "_pending_body", "_pending_size",
+    __slots__ = ("_body_bytes", "_pending", "_pending_body", "_pending_size",
                  "_taken_body", "after", "bodyless", "chunked", "committed", "connect",
                  "content_length", "ended", "facts", "finished", "head", "http11", "info",
                  "log", "policy", "server_software", "starter", "unread_body", "uri")
@@ -187,11 +181,10 @@ class Response:
         self.connect = request.method == "CONNECT"
         self.http11 = request.version >= (1, 1)
         self.uri = request.target
-        # A weak reference: the response and its starter then form no reference cycle, so
-        # that both (and whatever the driver hung on them) are freed as soon as the request
-        # ends rather than by the garbage collector, a cost on every request.
-        this = weakref.ref(self)
-        self.starter = ResponseStarter(write, lambda: _committed(this))
+        # The response sets the starter's headers_sent itself: no callback back to it, so
+        # the two form no reference cycle and both (and whatever the driver hung on them)
+        # are freed as soon as the request ends rather than by the garbage collector.
+        self.starter = ResponseStarter(write)
         self.info = ResponseInfo()
         self.committed = False  # status and headers are fixed (queued or sent)
         self.ended = False  # everything is queued
@@ -289,7 +282,7 @@ class Response:
         self.info = ResponseInfo(
             f"{status_code} {message.reason}", status_code, message.headers, message.body_length
         )
-        self.committed = self.ended = True
+        self.committed = self.ended = self.starter.headers_sent = True
         return message.data
 
     def start(self, status_code: int, reason: str, headers: list[tuple[str, str]]) -> None:
@@ -351,7 +344,7 @@ class Response:
         fields = _app_fields(starter.headers, code)
         defaults, extras = self._server_fields(fields, code)
         headers = [*defaults, *fields.pairs, *extras]
-        self.committed = True
+        self.committed = starter.headers_sent = True
         self.info = ResponseInfo(starter.status or "", code, headers, 0)
         if fields.wire is None:
             head = serialize_head(code, starter.reason, headers)

@@ -25,6 +25,8 @@ import socket
 import sys
 from typing import Final, Protocol
 
+from ..compiled import extensions_disabled
+
 #: A method, a whole head and nothing else to decide: hand it out as it is.
 PLAIN: Final = 1
 #: Nothing arrived yet.
@@ -207,7 +209,7 @@ class Core(Protocol):
 
 def _load() -> tuple[Core, bool]:
     this = sys.modules[__name__]
-    if os.environ.get("FDPASS_NO_EXTENSIONS", "") not in ("", "0"):
+    if extensions_disabled():
         return this, False
     try:
         compiled = importlib.import_module("._core", __package__)
