@@ -20,8 +20,9 @@ from .errors import ConfigurationError
 
 PREFIX: Final = "FDPASS_"
 
-#: Variables read elsewhere, at import time: ``FDPASS_NO_EXTENSIONS=1`` makes the master use
-#: the pure-Python twin of its C core (:mod:`gunicorn_fdpass.master.fastpath`).
+#: Variables read elsewhere, at import time: ``FDPASS_NO_EXTENSIONS=1`` runs pure Python (the
+#: master's fast path without its C core, and no module compiled by mypyc; see
+#: :mod:`gunicorn_fdpass.compiled`).
 READ_AT_IMPORT: Final = frozenset({"FDPASS_NO_EXTENSIONS"})
 
 
