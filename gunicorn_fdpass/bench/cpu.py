@@ -9,7 +9,9 @@ connection, and the ceiling the master's own cost implies: a single-threaded mas
 workers and cores there are.
 
 The resolution is one clock tick (usually 10 ms) per process, so a master that did almost
-nothing (``sync``, ``gthread``) reads 0; its ceiling is then unknown (None), not infinite.
+nothing (``sync``, ``gthread``, or this package's ASGI master under keep-alive) reads 0 or a
+stray tick or two; its ceiling is then unknown (None), not millions per second: one is given
+only from :data:`CEILING_MIN_TICKS` ticks on.
 A worker that exited within the window loses the ticks it spent there.
 """
 
@@ -22,6 +24,9 @@ from typing import Any
 
 #: Clock ticks per second of /proc's times.
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+#: Fewest master ticks in a window for a ceiling: with 5, one tick of rounding moves it by at
+#: most a fifth.
+CEILING_MIN_TICKS = 5
 
 
 def process_ticks(pid: int) -> int | None:
@@ -109,5 +114,7 @@ def usage(before: Sample, after: Sample, *, requests: int, connections: int
         "worker_us_per_req": _per(worker, requests),
         "server_us_per_req": _per(server, requests),
         "machine_us_per_req": _per(machine, requests),
-        "master_ceiling_per_s": 1e6 / master_per_req if master_per_req else None,
+        "master_ceiling_per_s": (1e6 / master_per_req if master_per_req
+                                 and master is not None and master >= CEILING_MIN_TICKS
+                                 else None),
     }

@@ -52,6 +52,13 @@ def test_usage_turns_ticks_into_microseconds() -> None:
     assert u["master_ceiling_per_s"] == pytest.approx(1e6 / (10 * tick_us / 1000))
     idle = cpu.usage(cpu.Sample(5, {}), cpu.Sample(5, {}), requests=10, connections=10)
     assert idle["master_us_per_req"] == 0.0 and idle["master_ceiling_per_s"] is None
+    # A stray tick or two over many requests says nothing of a ceiling (not 5 million/s).
+    stray = cpu.usage(cpu.Sample(5, {}), cpu.Sample(6, {}), requests=50_000, connections=16)
+    assert stray["master_us_per_req"] == pytest.approx(tick_us / 50_000)
+    assert stray["master_ceiling_per_s"] is None
+    few = cpu.usage(cpu.Sample(0, {}), cpu.Sample(cpu.CEILING_MIN_TICKS, {}),
+                    requests=1000, connections=1000)
+    assert few["master_ceiling_per_s"] == pytest.approx(1e6 / few["master_us_per_req"])
     none = cpu.usage(cpu.Sample(None), cpu.Sample(None), requests=0, connections=0)
     assert none["master_us_per_req"] is None and none["worker_us_per_req"] is None
 
