@@ -32,7 +32,7 @@ def loaded_in_child(env: dict[str, str]) -> dict[str, object]:
     """Import every module of the list and the master's fast path in a fresh interpreter;
     say where each came from."""
     code = (
-        "import importlib, json, sys\n"
+        "import importlib, json\n"
         f"names = {mypyc_modules()!r}\n"
         "files = {n: importlib.import_module(n).__file__ for n in names}\n"
         "from gunicorn_fdpass import compiled\n"
@@ -46,17 +46,21 @@ def loaded_in_child(env: dict[str, str]) -> dict[str, object]:
     return result
 
 
-def built(name: str) -> bool:
-    """Whether the install built a compiled twin beside this module's source."""
-    path = PACKAGE.parent / name.replace(".", "/")
-    return any(path.parent.glob(path.name + ".cpython-*.so"))
+def source_of(name: str) -> Path:
+    return PACKAGE.parent / (name.replace(".", "/") + ".py")
+
+
+def twins_of(name: str) -> list[Path]:
+    """The compiled twins the install built beside this module's source."""
+    source = source_of(name)
+    return sorted(source.parent.glob(source.stem + ".cpython-*.so"))
 
 
 def test_the_list_names_sources_that_exist() -> None:
     names = mypyc_modules()
     assert names and all(name.startswith("gunicorn_fdpass.") for name in names)
     for name in names:
-        assert (PACKAGE.parent / (name.replace(".", "/") + ".py")).is_file(), name
+        assert source_of(name).is_file(), name
 
 
 def test_no_extensions_loads_every_module_from_source() -> None:
@@ -71,7 +75,7 @@ def test_no_extensions_loads_every_module_from_source() -> None:
 def test_by_default_whatever_was_built_is_what_runs() -> None:
     env = {k: v for k, v in os.environ.items() if k != "FDPASS_NO_EXTENSIONS"}
     result = loaded_in_child(env)
-    expected = [name for name in mypyc_modules() if built(name)]
+    expected = [name for name in mypyc_modules() if twins_of(name)]
     loaded = result["compiled"]
     assert isinstance(loaded, list)
     assert set(expected) <= set(loaded), (expected, loaded)
@@ -104,8 +108,8 @@ def test_no_compiled_module_is_older_than_its_source() -> None:
     # Python loads the compiled twin first: one built before its source last changed would
     # silently run the old code. Rebuild with `pip install -e .` (or run pure Python).
     for name in mypyc_modules():
-        source = PACKAGE.parent / (name.replace(".", "/") + ".py")
-        for twin in source.parent.glob(source.stem + ".cpython-*.so"):
+        source = source_of(name)
+        for twin in twins_of(name):
             assert twin.stat().st_mtime >= source.stat().st_mtime, (
                 f"{twin.name} is older than {source.name}: run `pip install -e .` again")
 

@@ -17,13 +17,15 @@ from typing import Any
 
 from gunicorn.workers import base
 
+from ..errors import FdpassError
 from ..gunicorn_settings import validate, validate_on_load
 from ..http.response import ResponseInfo
+from ..link import messages
 from ..link.channel import Channel
 from ..master import arbiter
 from .api import RequestInfo
 
-__all__ = ["LinkedWorker"]
+__all__ = ["LinkedWorker", "closing_unread"]
 
 
 class LinkedWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -83,7 +85,7 @@ class LinkedWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type
         """In the child, before Gunicorn's own start-up of the worker (nothing by default)."""
 
     def _master_hung_up(self) -> None:
-        if self._closing:
+        if self._closing or closing_unread(self.channel):
             # A graceful stop: the master said Closing, finished what it held, and closed
             # the channels. Nothing went wrong; Gunicorn's own workers say as much at info.
             self.log.info("Server stopping: worker finished its requests (pid: %s)",
@@ -131,3 +133,21 @@ class LinkedWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type
         error_log = getattr(self.log, "error_log", None)
         return not isinstance(error_log, logging.Logger) or error_log.isEnabledFor(
             logging.DEBUG)
+
+
+def closing_unread(channel: Channel) -> bool:
+    """Whether the master's ``Closing`` waits unread in ``channel`` (read up to its hang-up).
+
+    A worker that stopped on its own (Gunicorn's SIGTERM to every worker of a stopping
+    server, ``max_requests``) may find the channel hung up before it read the ``Closing``
+    that came first: that is a graceful stop, not a dead master.
+    """
+    try:
+        while (received := channel.recv()) is not None:
+            if received.fd is not None:
+                os.close(received.fd)
+            if isinstance(received.message, messages.Closing):
+                return True
+    except FdpassError:  # the hang-up itself, or a channel already closed
+        pass
+    return False
