@@ -155,7 +155,7 @@ class Response:
     # Slots: a response is made for every request, and its attributes are read and set
     # throughout it.
     __slots__ = ("_body_bytes", "_pending", "_pending_body", "_pending_size",
-                 "_taken_body", "after", "bodyless", "chunked", "committed", "connect",
+                 "_taken_body", "after", "bodyless", "chunked", "connect",
                  "content_length", "ended", "facts", "finished", "head", "http11", "info",
                  "log", "policy", "server_software", "starter", "unread_body", "uri")
 
@@ -181,12 +181,11 @@ class Response:
         self.connect = request.method == "CONNECT"
         self.http11 = request.version >= (1, 1)
         self.uri = request.target
-        # The response sets the starter's headers_sent itself: no callback back to it, so
-        # the two form no reference cycle and both (and whatever the driver hung on them)
-        # are freed as soon as the request ends rather than by the garbage collector.
+        # The response sets the starter's headers_sent itself (see committed): no callback
+        # back to it, so the two form no reference cycle and both (and whatever the driver
+        # hung on them) are freed as soon as the request ends, not by the garbage collector.
         self.starter = ResponseStarter(write)
         self.info = ResponseInfo()
-        self.committed = False  # status and headers are fixed (queued or sent)
         self.ended = False  # everything is queued
         self.finished = False  # ... and sent
         self.bodyless = False  # body bytes from the app are dropped
@@ -197,6 +196,12 @@ class Response:
         self._pending_body = 0  # body bytes in _pending
         self._taken_body = 0  # body bytes taken by the driver, not yet confirmed sent
         self._body_bytes = 0  # body bytes accepted so far, sent or queued
+
+    @property
+    def committed(self) -> bool:
+        """Status and headers are fixed (queued or sent): the starter's ``headers_sent``,
+        one flag for both."""
+        return self.starter.headers_sent
 
     # -- the WSGI side ---------------------------------------------------------------------
 
@@ -282,7 +287,7 @@ class Response:
         self.info = ResponseInfo(
             f"{status_code} {message.reason}", status_code, message.headers, message.body_length
         )
-        self.committed = self.ended = self.starter.headers_sent = True
+        self.ended = self.starter.headers_sent = True
         return message.data
 
     def start(self, status_code: int, reason: str, headers: list[tuple[str, str]]) -> None:
@@ -344,7 +349,7 @@ class Response:
         fields = _app_fields(starter.headers, code)
         defaults, extras = self._server_fields(fields, code)
         headers = [*defaults, *fields.pairs, *extras]
-        self.committed = starter.headers_sent = True
+        starter.headers_sent = True
         self.info = ResponseInfo(starter.status or "", code, headers, 0)
         if fields.wire is None:
             head = serialize_head(code, starter.reason, headers)
